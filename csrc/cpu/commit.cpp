@@ -1,0 +1,71 @@
+// commit_ on the CPU: the only op that writes the canvas. A position is written
+// when it is selected, still holds mask_id and has a real token (>= 0 and not
+// mask_id itself); anything already committed is left alone. `changed` marks
+// exactly the positions written, which is what a KV cache must refresh.
+#include <torch/library.h>
+
+#include "../checks.h"
+#include <ATen/Parallel.h>
+
+namespace dmkernels {
+namespace {
+
+template <typename X, typename T>
+void commit_rows(at::Tensor& x, const at::Tensor& token, const at::Tensor& select, int64_t mask_id,
+                 at::Tensor& changed, at::Tensor& remaining) {
+  auto xa = x.accessor<X, 2>();
+  const auto ta = token.accessor<T, 2>();
+  const auto sa = select.accessor<bool, 2>();
+  auto ca = changed.accessor<bool, 2>();
+  auto ra = remaining.accessor<int64_t, 1>();
+  const int64_t B = x.size(0), L = x.size(1);
+  at::parallel_for(0, B, std::max<int64_t>(1, 4096 / std::max<int64_t>(L, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t left = 0;
+      for (int64_t i = 0; i < L; ++i) {
+        const int64_t current = xa[b][i];
+        const int64_t tok = ta[b][i];
+        const bool write = current == mask_id && sa[b][i] && tok >= 0 && tok != mask_id;
+        if (write) xa[b][i] = static_cast<X>(tok);
+        ca[b][i] = write;
+        left += (write ? tok : current) == mask_id;
+      }
+      ra[b] = left;
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> commit_cpu(at::Tensor& x, const at::Tensor& token,
+                                              const at::Tensor& select, int64_t mask_id) {
+  const char* op = "commit_";
+  TORCH_CHECK(x.dim() == 2, "dmkernels.commit_: x must be 2-D [B, L], got shape ", x.sizes());
+  check_dtype(op, "x", x, {at::kLong, at::kInt});
+  check_dtype(op, "token", token, {at::kLong, at::kInt});
+  check_dtype(op, "select", select, {at::kBool});
+  check_same_device(op, "token", token, x, "x");
+  check_same_device(op, "select", select, x, "x");
+  check_shape(op, "token", token, x.sizes(), "x.shape");
+  check_shape(op, "select", select, x.sizes(), "x.shape");
+  TORCH_CHECK(mask_id >= 0, "dmkernels.commit_: mask_id must be >= 0, got ", mask_id);
+  if (x.scalar_type() == at::kInt) {
+    TORCH_CHECK(mask_id <= std::numeric_limits<int32_t>::max(),
+                "dmkernels.commit_: mask_id = ", mask_id, " does not fit x's dtype int32");
+  }
+  at::Tensor changed = at::empty(x.sizes(), x.options().dtype(at::kBool));
+  at::Tensor remaining = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  const auto run = [&](auto x_tag, auto t_tag) {
+    commit_rows<decltype(x_tag), decltype(t_tag)>(x, token, select, mask_id, changed, remaining);
+  };
+  const bool x64 = x.scalar_type() == at::kLong, t64 = token.scalar_type() == at::kLong;
+  if (x64 && t64) run(int64_t{}, int64_t{});
+  else if (x64) run(int64_t{}, int32_t{});
+  else if (t64) run(int32_t{}, int64_t{});
+  else run(int32_t{}, int32_t{});
+  return {changed, remaining};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dmkernels, CPU, m) { m.impl("commit_", &commit_cpu); }
+
+}  // namespace dmkernels

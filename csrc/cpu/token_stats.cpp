@@ -1,0 +1,340 @@
+// token_stats on the CPU: one pass over the vocabulary per row.
+//
+// Derivation (brief section 5). Over a row z_0 .. z_{V-1} with running maximum m:
+//   S = sum_j exp(z_j - m)                 softmax normaliser
+//   A = sum_j exp(z_j - m) * (z_j - m)     so that entropy = log S - A / S
+// When the maximum grows from m to m', with r = exp(m - m'):
+//   S' = r * S,   A' = r * (A + (m - m') * S)
+// The top two values t1 >= t2 give confidence(argmax) = 1 / S and
+// margin = (1 - exp(t2 - t1)) / S; a sampled token j has confidence exp(z_j - m) / S.
+//
+// The row is streamed in chunks of kChunk floats that stay in L1: each chunk is
+// read from memory once (converted from bf16 / fp16 on the way) and then swept
+// two or three times from cache: (1) max, top-2 and argmax per SIMD lane,
+// (2) exp sums against the updated maximum, (3) Gumbel-max sampling when the
+// temperature is positive. Lanes keep their own top-2 / argmax / sample and are
+// merged at the end of the row, so the inner loops have no horizontal steps.
+//
+// Sampling draws noise only for groups of 32 columns that could still win:
+// the Gumbel noise is bounded (kGumbelBound), so a group whose best x / T plus
+// that bound is below the best perturbed value so far is skipped. Peaked
+// (real model) distributions skip most of the vocabulary; the draw is exact.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <limits>
+
+#include "../common/noise.h"
+#include "../checks.h"
+
+namespace dmkernels {
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = Vec::size();
+constexpr int64_t kGroup = 32;     // columns per noise group: 8 Philox blocks of 4
+constexpr int64_t kChunk = 2048;   // floats per chunk: 8 KiB, L1-resident
+static_assert(kChunk % kGroup == 0 && kGroup % kLanes == 0, "chunk layout");
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+// exp underflows to 0 below ln(FLT_MIN) ~ -87.3; clamping there keeps
+// exp(d) * d at 0 instead of 0 * -inf = NaN for -inf logits.
+constexpr float kExpFloor = -100.0f;
+
+struct Params {
+  bool sample;           // temperature > 0
+  bool tempered_scores;  // scores describe softmax(x / T) instead of softmax(x)
+  float inv_temperature; // float32(1 / T)
+  NoiseKey key;
+};
+
+struct RowOut {
+  int64_t token;
+  float confidence, margin, entropy;
+};
+
+inline float hmax(const Vec& v) {
+  std::array<float, kLanes> a;
+  v.store(a.data());
+  float r = a[0];
+  for (int64_t l = 1; l < kLanes; ++l) r = std::max(r, a[l]);
+  return r;
+}
+
+inline double hsum(const Vec& v) {
+  std::array<float, kLanes> a;
+  v.store(a.data());
+  double r = 0.0;
+  for (int64_t l = 0; l < kLanes; ++l) r += a[l];
+  return r;
+}
+
+// Copy n logits into dst as float (times `scale` when scaling), padded with -inf
+// to a whole number of noise groups: padding never wins and adds 0 to the sums.
+template <typename T>
+inline int64_t load_chunk(const T* src, int64_t n, bool scaling, float scale, float* dst) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    Vec v;
+    if constexpr (std::is_same_v<T, float>) {
+      v = Vec::loadu(src + i);
+    } else {
+      at::vec::load_to_float<T>(src + i, v);
+    }
+    if (scaling) v = v * Vec(scale);
+    v.store(dst + i);
+  }
+  for (; i < n; ++i) {
+    const float v = static_cast<float>(src[i]);
+    dst[i] = scaling ? v * scale : v;
+  }
+  const int64_t padded = (n + kGroup - 1) / kGroup * kGroup;
+  for (; i < padded; ++i) dst[i] = kNegInf;
+  return padded;
+}
+
+// Philox bits for 32 consecutive columns (8 blocks). A plain loop over lanes so
+// the compiler vectorises the 32x32->64 multiplies; same arithmetic as
+// philox4x32_10 in noise.h.
+inline void noise_bits_group(const NoiseKey& key, uint32_t row, uint32_t first_block,
+                             uint32_t* out /* kGroup */) {
+  constexpr int kBlocks = kGroup / 4;
+  uint32_t c0[kBlocks], c1[kBlocks], c2[kBlocks], c3[kBlocks];
+  for (int b = 0; b < kBlocks; ++b) {
+    c0[b] = first_block + static_cast<uint32_t>(b);
+    c1[b] = row;
+    c2[b] = key.offset_lo;
+    c3[b] = key.offset_hi;
+  }
+  uint32_t k0 = key.seed_lo, k1 = key.seed_hi;
+  for (int round = 0; round < 10; ++round) {
+    for (int b = 0; b < kBlocks; ++b) {
+      const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0[b];
+      const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2[b];
+      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[b] ^ k0;
+      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[b] ^ k1;
+      c1[b] = static_cast<uint32_t>(p1);
+      c3[b] = static_cast<uint32_t>(p0);
+      c0[b] = n0;
+      c2[b] = n2;
+    }
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  for (int b = 0; b < kBlocks; ++b) {
+    out[4 * b + 0] = c0[b];
+    out[4 * b + 1] = c1[b];
+    out[4 * b + 2] = c2[b];
+    out[4 * b + 3] = c3[b];
+  }
+}
+
+template <typename T>
+RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* buf) {
+  const bool scale_scores = p.sample && p.tempered_scores;
+  const Vec lane_index = Vec::arange(0.f, 1.f);
+
+  // Per-lane running state. Columns are carried as floats (exact below 2^24).
+  Vec top1(kNegInf), top2(kNegInf), top1_col(0.f), nan_seen(0.f);
+  Vec best_y(kNegInf), best_col(0.f);
+  float m = kNegInf;      // running maximum of the scores
+  double S = 0.0, A = 0.0;
+  float best_y_bound = kNegInf;  // best perturbed value after the previous chunk
+
+  alignas(64) uint32_t bits[kGroup];
+  alignas(64) float uniform[kGroup];
+
+  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, V - c0);
+    const int64_t padded = load_chunk(x + c0, n, scale_scores, p.inv_temperature, buf);
+
+    // (1) per-lane top-2 and first argmax (strict > keeps the lowest column).
+    Vec col = Vec(static_cast<float>(c0)) + lane_index;
+    for (int64_t i = 0; i < padded; i += kLanes, col = col + Vec(static_cast<float>(kLanes))) {
+      const Vec z = Vec::loadu(buf + i);
+      nan_seen = nan_seen | z.isnan();
+      const Vec greater = z > top1;
+      top2 = at::vec::maximum(top2, at::vec::minimum(top1, z));
+      top1_col = Vec::blendv(top1_col, col, greater);
+      top1 = Vec::blendv(top1, z, greater);
+    }
+
+    // (2) exp sums against the new running maximum.
+    const float m_new = std::max(m, hmax(top1));
+    if (!std::isfinite(m_new)) {
+      m = m_new;  // all -inf so far (nothing to add), or +inf / NaN (row invalid)
+      if (!(m_new == kNegInf)) break;
+      continue;
+    }
+    if (m_new > m && S > 0.0) {
+      const double shift = static_cast<double>(m) - m_new;
+      const double r = std::exp(shift);
+      A = r * (A + shift * S);
+      S = r * S;
+    }
+    m = m_new;
+    const Vec vm(m), floor_(kExpFloor);
+    Vec s_acc(0.f), a_acc(0.f);
+    for (int64_t i = 0; i < padded; i += kLanes) {
+      const Vec d = at::vec::maximum(Vec::loadu(buf + i) - vm, floor_);
+      const Vec e = d.exp_u20();
+      s_acc = s_acc + e;
+      a_acc = a_acc + e * d;
+    }
+    S += hsum(s_acc);
+    A += hsum(a_acc);
+
+    // (3) Gumbel-max over the groups that can still beat best_y_bound.
+    if (p.sample) {
+      // Slack for the rounding of y = x / T + g at large |y|.
+      const float bound = best_y_bound - std::fabs(best_y_bound) * 0x1p-20f;
+      const Vec vbound(bound), vgumbel(kGumbelBound), vinv(p.inv_temperature);
+      for (int64_t g = 0; g < padded; g += kGroup) {
+        Vec base[kGroup / kLanes];
+        Vec reach(kNegInf);
+        for (int64_t j = 0; j < kGroup / kLanes; ++j) {
+          const Vec z = Vec::loadu(buf + g + j * kLanes);
+          base[j] = scale_scores ? z : z * vinv;
+          reach = at::vec::maximum(reach, base[j]);
+        }
+        if (((reach + vgumbel) > vbound).zero_mask() == (1 << kLanes) - 1) continue;
+        noise_bits_group(p.key, row, static_cast<uint32_t>((c0 + g) / 4), bits);
+        for (int64_t t = 0; t < kGroup; ++t) uniform[t] = uniform_from_bits(bits[t]);
+        for (int64_t j = 0; j < kGroup / kLanes; ++j) {
+          const Vec u = Vec::loadu(uniform + j * kLanes);
+          const Vec gumbel = (u.log().neg()).log().neg();
+          const Vec y = base[j] + gumbel;
+          const Vec greater = y > best_y;
+          const Vec gcol = Vec(static_cast<float>(c0 + g + j * kLanes)) + lane_index;
+          best_col = Vec::blendv(best_col, gcol, greater);
+          best_y = Vec::blendv(best_y, y, greater);
+        }
+      }
+      best_y_bound = hmax(best_y);
+    }
+  }
+
+  const bool has_nan = nan_seen.zero_mask() != (1 << kLanes) - 1;
+  if (has_nan || !std::isfinite(m)) {
+    // No distribution: NaN logits, a +inf logit, or nothing but -inf.
+    return RowOut{-1, kNaN, kNaN, kNaN};
+  }
+
+  // Merge lanes: winner = lowest column among lanes holding the maximum.
+  std::array<float, kLanes> t1, t2, t1c;
+  top1.store(t1.data());
+  top2.store(t2.data());
+  top1_col.store(t1c.data());
+  int64_t win = -1;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    if (t1[l] == m && (win < 0 || t1c[l] < t1c[win])) win = l;
+  }
+  float second = kNegInf;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    second = std::max(second, t2[l]);
+    if (l != win) second = std::max(second, t1[l]);
+  }
+
+  RowOut out;
+  double token_score;
+  if (p.sample) {
+    std::array<float, kLanes> by, bc;
+    best_y.store(by.data());
+    best_col.store(bc.data());
+    int64_t lane = 0;
+    for (int64_t l = 1; l < kLanes; ++l) {
+      if (by[l] > by[lane] || (by[l] == by[lane] && bc[l] < bc[lane])) lane = l;
+    }
+    out.token = static_cast<int64_t>(bc[lane]);
+    const float xt = static_cast<float>(x[out.token]);
+    token_score = scale_scores ? xt * p.inv_temperature : xt;
+  } else {
+    out.token = static_cast<int64_t>(t1c[win]);
+    token_score = m;
+  }
+  out.confidence = static_cast<float>(std::exp(token_score - m) / S);
+  out.margin = static_cast<float>((1.0 - std::exp(static_cast<double>(second) - m)) / S);
+  out.entropy = static_cast<float>(std::max(0.0, std::log(S) - A / S));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cpu(
+    const at::Tensor& logits, double temperature, int64_t seed, int64_t offset,
+    bool tempered_scores, const std::optional<at::Tensor>& positions) {
+  check_token_stats_args(logits, temperature, seed, offset, positions);
+  const int64_t V = logits.size(-1);
+  auto row_shape = logits.sizes().vec();
+  row_shape.pop_back();
+  const int64_t rows = logits.numel() / V;
+
+  auto token = at::empty(row_shape, logits.options().dtype(at::kLong));
+  auto confidence = at::empty(row_shape, logits.options().dtype(at::kFloat));
+  auto margin = at::empty_like(confidence);
+  auto entropy = at::empty_like(confidence);
+  if (rows == 0) return {token, confidence, margin, entropy};
+
+  at::Tensor active;
+  if (positions.has_value()) active = positions->contiguous();
+  const bool* active_ptr = active.defined() ? active.data_ptr<bool>() : nullptr;
+
+  Params p;
+  p.sample = temperature > 0.0;
+  p.tempered_scores = tempered_scores;
+  p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
+  p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+
+  // Leading dims may have any strides (V has unit stride): unravel each row.
+  const int64_t lead = logits.dim() - 1;
+  const auto sizes = logits.sizes();
+  const auto strides = logits.strides();
+  int64_t* tok = token.data_ptr<int64_t>();
+  float* conf = confidence.data_ptr<float>();
+  float* marg = margin.data_ptr<float>();
+  float* ent = entropy.data_ptr<float>();
+
+  const auto run = [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    const scalar_t* base = logits.const_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 32768 / V);
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      alignas(64) float buf[kChunk];
+      for (int64_t r = begin; r < end; ++r) {
+        if (active_ptr && !active_ptr[r]) {
+          tok[r] = -1;
+          conf[r] = kNegInf;
+          marg[r] = kNegInf;
+          ent[r] = std::numeric_limits<float>::infinity();
+          continue;
+        }
+        int64_t offset_elems = 0, rem = r;
+        for (int64_t d = lead - 1; d >= 0; --d) {
+          offset_elems += (rem % sizes[d]) * strides[d];
+          rem /= sizes[d];
+        }
+        const RowOut o = stats_row<scalar_t>(base + offset_elems, V, static_cast<uint32_t>(r), p, buf);
+        tok[r] = o.token;
+        conf[r] = o.confidence;
+        marg[r] = o.margin;
+        ent[r] = o.entropy;
+      }
+    });
+  };
+  switch (logits.scalar_type()) {
+    case at::kFloat: run(float{}); break;
+    case at::kHalf: run(at::Half{}); break;
+    case at::kBFloat16: run(at::BFloat16{}); break;
+    default: TORCH_CHECK(false, "unreachable: dtype checked above");
+  }
+  return {token, confidence, margin, entropy};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dmkernels, CPU, m) { m.impl("token_stats", &token_stats_cpu); }
+
+}  // namespace dmkernels

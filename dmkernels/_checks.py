@@ -1,0 +1,93 @@
+"""Argument checks of the public ops. Every message names the op and the argument.
+
+The compiled kernels check the same things again (csrc/checks.h), because
+torch.ops.dmkernels.* can be called without these wrappers.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SCORE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+def fail(op: str, message: str, kind: type[Exception] = ValueError) -> None:
+    raise kind(f"dmkernels.{op}: {message}")
+
+
+def tensor(op: str, name: str, value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        fail(op, f"{name} must be a torch.Tensor, got {type(value).__name__}", TypeError)
+    return value
+
+
+def dtype(op: str, name: str, t: torch.Tensor, allowed: Sequence[torch.dtype]) -> None:
+    if t.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        fail(op, f"{name} must be one of ({names}), got {str(t.dtype).replace('torch.', '')}", TypeError)
+
+
+def same_device(op: str, name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
+    if t.device != ref.device:
+        fail(op, f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def shape(op: str, name: str, t: torch.Tensor, expected: Sequence[int], what: str) -> None:
+    if tuple(t.shape) != tuple(expected):
+        fail(op, f"{name} must have shape {list(expected)} ({what}), got {list(t.shape)}")
+
+
+def number(op: str, name: str, value, *, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(op, f"{name} must be a Python number, got {type(value).__name__}", TypeError)
+    value = float(value)
+    if math.isnan(value):
+        fail(op, f"{name} is NaN")
+    if minimum is not None and not (value >= minimum and math.isfinite(value)):
+        fail(op, f"{name} must be finite and >= {minimum:g}, got {value}")
+    return value
+
+
+def integer(op: str, name: str, value, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(op, f"{name} must be a Python int, got {type(value).__name__}", TypeError)
+    if minimum is not None and value < minimum:
+        fail(op, f"{name} must be >= {minimum}, got {value}")
+    if value >= 2**63:
+        fail(op, f"{name} must be < 2**63, got {value}")
+    return value
+
+
+def logits(op: str, t) -> torch.Tensor:
+    t = tensor(op, "logits", t)
+    if t.dim() < 1:
+        fail(op, "logits must have a vocabulary dim [..., V], got a 0-d tensor")
+    dtype(op, "logits", t, LOGITS_DTYPES)
+    V = t.shape[-1]
+    if V < 1:
+        fail(op, "logits has an empty vocabulary dim (V = 0)")
+    if V > 2**24:
+        fail(op, f"logits vocabulary dim V = {V} exceeds 2**24")
+    if V > 1 and t.stride(-1) != 1:
+        fail(op, f"logits must have unit stride on the vocabulary dim, got stride {t.stride(-1)}")
+    return t
+
+
+def scores_2d(op: str, name: str, t) -> torch.Tensor:
+    t = tensor(op, name, t)
+    if t.dim() != 2:
+        fail(op, f"{name} must be 2-D [B, L], got shape {list(t.shape)}")
+    dtype(op, name, t, SCORE_DTYPES)
+    return t
+
+
+def eligible(op: str, t, ref: torch.Tensor, ref_name: str) -> torch.Tensor:
+    t = tensor(op, "eligible", t)
+    same_device(op, "eligible", t, ref, ref_name)
+    dtype(op, "eligible", t, (torch.bool,))
+    shape(op, "eligible", t, ref.shape, f"{ref_name}.shape")
+    return t

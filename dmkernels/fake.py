@@ -1,0 +1,34 @@
+"""Fake (meta) implementations of every dmkernels op, for torch.compile and
+torch.library.opcheck: output shapes and dtypes only, no data."""
+from __future__ import annotations
+
+import torch
+
+from . import _extension
+
+
+def _register() -> None:
+    @torch.library.register_fake("dmkernels::token_stats")
+    def _token_stats(logits, temperature, seed, offset, tempered_scores, positions):
+        rows = logits.shape[:-1]
+        scores = [logits.new_empty(rows, dtype=torch.float32) for _ in range(3)]
+        return (logits.new_empty(rows, dtype=torch.int64), *scores)
+
+    def _selection(ref):
+        return torch.empty_like(ref, dtype=torch.bool)
+
+    torch.library.register_fake("dmkernels::select_topk")(lambda scores, k, eligible: _selection(eligible))
+    torch.library.register_fake("dmkernels::select_threshold")(lambda scores, eligible, threshold: _selection(eligible))
+    torch.library.register_fake("dmkernels::select_factor")(lambda scores, eligible, factor: _selection(eligible))
+    torch.library.register_fake("dmkernels::select_entropy_bounded")(
+        lambda error, entropy, eligible, gamma: _selection(eligible)
+    )
+    torch.library.register_fake("dmkernels::select_group")(lambda eligible, groups, step: _selection(eligible))
+
+    @torch.library.register_fake("dmkernels::commit_")
+    def _commit(x, token, select, mask_id):
+        return torch.empty_like(select), x.new_empty((x.shape[0],), dtype=torch.int64)
+
+
+if _extension.LOADED:
+    _register()

@@ -1,0 +1,88 @@
+"""Reference token_stats: float64 softmax statistics, float32 Gumbel-max sampling.
+
+Ground truth for the kernels. The scores are exact float64 functions of the
+(float32-converted) logits; the sampled token uses the float32 arithmetic every
+backend shares (``x * float32(1/T) + g``, see csrc/common/noise.h) so that tokens
+match bit for bit. It allocates several copies of the logits: it is for tests and
+for the no-extension fallback, not for speed.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .noise import gumbel_noise
+
+
+class TokenStats(NamedTuple):
+    """Per-position statistics of a token distribution (all shaped like ``logits.shape[:-1]``).
+
+    token: int64, the argmax (temperature 0) or the Gumbel-max sample; -1 where
+        the row was not requested or has no distribution.
+    confidence: float32, probability of ``token``.
+    margin: float32, top-1 minus top-2 probability.
+    entropy: float32, entropy in nats.
+    """
+
+    token: torch.Tensor
+    confidence: torch.Tensor
+    margin: torch.Tensor
+    entropy: torch.Tensor
+
+
+def inverse_temperature(temperature: float) -> float:
+    """float32(1 / T) as a Python float: the one scale every backend applies."""
+    return float(torch.tensor(1.0 / temperature, dtype=torch.float32))
+
+
+def token_stats_reference(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 0.0,
+    seed: int = 0,
+    offset: int = 0,
+    positions: torch.Tensor | None = None,
+    tempered_scores: bool = False,
+) -> TokenStats:
+    lead, V = logits.shape[:-1], logits.shape[-1]
+    x = logits.reshape(-1, V).to(torch.float32)
+    R = x.shape[0]
+    sample = temperature > 0.0
+    inv_t = inverse_temperature(temperature) if sample else 1.0
+
+    scores = x * inv_t if (sample and tempered_scores) else x
+    if sample:
+        rows = torch.arange(R, device=x.device)
+        token = torch.argmax(x * inv_t + gumbel_noise(seed, offset, rows, V), dim=-1)
+    else:
+        token = torch.argmax(x, dim=-1)
+
+    logp = torch.log_softmax(scores.to(torch.float64), dim=-1)
+    p = logp.exp()
+    confidence = p.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+    top = p.topk(min(2, V), dim=-1).values
+    margin = top[:, 0] - (top[:, 1] if V > 1 else 0.0)
+    entropy = torch.special.entr(p).sum(-1)
+
+    # No distribution: a NaN or +inf logit, or nothing but -inf.
+    row_max = x.max(dim=-1).values if R else x.new_zeros(0)
+    invalid = torch.isnan(x).any(-1) | ~torch.isfinite(row_max)
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
+    token = torch.where(invalid, -1, token)
+    confidence, margin, entropy = (torch.where(invalid, nan, v) for v in (confidence, margin, entropy))
+
+    if positions is not None:
+        off = ~positions.reshape(-1)
+        inf = torch.tensor(float("inf"), dtype=torch.float64, device=x.device)
+        token = torch.where(off, -1, token)
+        confidence = torch.where(off, -inf, confidence)
+        margin = torch.where(off, -inf, margin)
+        entropy = torch.where(off, inf, entropy)
+
+    return TokenStats(
+        token.reshape(lead),
+        confidence.to(torch.float32).reshape(lead),
+        margin.to(torch.float32).reshape(lead),
+        entropy.to(torch.float32).reshape(lead),
+    )

@@ -1,0 +1,89 @@
+"""Build dmkernels: always the C++ CPU extension `dmkernels._C`; CUDA kernels in
+csrc/cuda/ too when PyTorch has CUDA and a toolkit is present.
+
+Environment:
+  DMKERNELS_NO_EXTENSION=1   build no compiled code (the package runs on its
+                             PyTorch reference ops and says so once)
+  DMKERNELS_NO_CUDA=1        skip csrc/cuda/ even where it could be built
+  DMKERNELS_CPU_ARCH=auto|avx2|generic
+                             SIMD level of the CPU kernels (auto: AVX2+FMA when
+                             this machine has them, since it builds for itself)
+
+Install with the PyTorch already present:  pip install --no-build-isolation .
+"""
+import glob
+import os
+import platform
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _cpu_has_avx2():
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags and " f16c" in flags
+
+
+def _cpu_arch_flags():
+    arch = os.environ.get("DMKERNELS_CPU_ARCH", "auto")
+    if arch not in ("auto", "avx2", "generic"):
+        raise SystemExit(f"DMKERNELS_CPU_ARCH must be auto, avx2 or generic, got {arch!r}")
+    if arch == "avx2" or (arch == "auto" and _cpu_has_avx2()):
+        # at::vec picks its AVX2 specialisations from these macros.
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    return []
+
+
+def _extensions():
+    if _flag("DMKERNELS_NO_EXTENSION"):
+        print("dmkernels: DMKERNELS_NO_EXTENSION=1, building no compiled code")
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    use_cuda = (
+        torch.version.cuda is not None
+        and CUDA_HOME is not None
+        and bool(cuda_sources)
+        and not _flag("DMKERNELS_NO_CUDA")
+    )
+    # No FMA contraction: the sampling arithmetic must round like the other backends.
+    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno"] + _cpu_arch_flags()
+    extra = {"cxx": cxx}
+    if use_cuda:
+        extra["nvcc"] = ["-O3", "--fmad=false", "-lineinfo"]
+        ext = CUDAExtension("dmkernels._C", sources + cuda_sources, extra_compile_args=extra,
+                            include_dirs=[os.path.join(ROOT, "csrc")])
+    else:
+        ext = CppExtension("dmkernels._C", sources, extra_compile_args=extra,
+                           include_dirs=[os.path.join(ROOT, "csrc")])
+    print(f"dmkernels: building _C for CPU{' and CUDA' if use_cuda else ''} with {' '.join(cxx)}")
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="dmkernels",
+    version="0.1.0",
+    description="Fused sampling ops and schedulers for masked diffusion language models",
+    packages=find_packages(include=["dmkernels", "dmkernels.*"]),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4"],
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "numpy", "ninja"]},
+)
