@@ -276,6 +276,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cpu(
   auto confidence = at::empty(row_shape, logits.options().dtype(at::kFloat));
   auto margin = at::empty_like(confidence);
   auto entropy = at::empty_like(confidence);
+  if (poison_outputs()) {
+    token.fill_(-7);
+    for (auto* t : {&confidence, &margin, &entropy}) t->fill_(12345.0);
+  }
   if (rows == 0) return {token, confidence, margin, entropy};
 
   at::Tensor active;

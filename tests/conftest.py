@@ -1,0 +1,21 @@
+"""Test setup: poison the compiled kernels' outputs (see csrc/checks.h) so an
+unwritten element fails, and give every test a fresh, seeded random stream."""
+import os
+import zlib
+
+os.environ.setdefault("DMKERNELS_POISON_OUTPUTS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import dmkernels  # noqa: E402,F401
+from dmkernels import _extension  # noqa: E402
+
+requires_extension = pytest.mark.skipif(not _extension.LOADED, reason=f"dmkernels._C: {_extension.REASON}")
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    # A different but reproducible stream per test.
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    yield

@@ -1,0 +1,33 @@
+"""The ops trace under torch.compile (fullgraph) through their fake implementations."""
+from __future__ import annotations
+
+import torch
+
+import dmkernels  # noqa: F401
+
+from conftest import requires_extension
+
+pytestmark = requires_extension
+
+
+def scheduling_step(logits, x, k, mask_id: int):
+    eligible = x == mask_id
+    token, confidence, _, _ = torch.ops.dmkernels.token_stats(logits, 0.0, 0, 0, False, eligible)
+    select = torch.ops.dmkernels.select_topk(confidence, k, eligible)
+    changed, remaining = torch.ops.dmkernels.commit_(x, token, select, mask_id)
+    return changed, remaining
+
+
+def test_one_step_compiles_fullgraph_and_matches_eager():
+    torch._dynamo.reset()
+    logits = torch.randn(2, 13, 50)
+    x = torch.randint(0, 40, (2, 13))
+    x[:, 3:] = 49
+    k = torch.tensor([2, 4])
+    x_eager, x_comp = x.clone(), x.clone()
+    changed_e, remaining_e = scheduling_step(logits, x_eager, k, 49)
+    compiled = torch.compile(scheduling_step, fullgraph=True, backend="aot_eager")
+    changed_c, remaining_c = compiled(logits, x_comp, k, 49)
+    assert torch.equal(x_eager, x_comp)
+    assert torch.equal(changed_e, changed_c) and torch.equal(remaining_e, remaining_c)
+    assert remaining_c.tolist() == [8, 6]
