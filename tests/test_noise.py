@@ -31,9 +31,10 @@ def test_noise_layout_and_distribution():
     rows = torch.tensor([0, 5, 2**32 - 1])
     bits = noise_bits(7, 3, rows, 10)
     assert bits.shape == (3, 10) and int(bits.min()) >= 0 and int(bits.max()) < 2**32
-    # Four consecutive columns share one Philox block.
-    c0 = _philox([1, 5, 3, 0], [7, 0])
-    assert bits[1, 4:8].tolist() == c0
+    # Block 1 of row 5 holds columns 1, 9, 17, 25 (csrc/common/noise.h).
+    bits = noise_bits(7, 3, rows, 40)
+    assert bits[1, [1, 9, 17, 25]].tolist() == _philox([1, 5, 3, 0], [7, 0])
+    assert int(bits[1, 32]) == _philox([8, 5, 3, 0], [7, 0])[0]  # group 1 starts at block 8
     g = gumbel_noise(1, 0, torch.arange(200), 1000).double()
     assert abs(g.mean().item() - 0.5772) < 0.01  # Euler-Mascheroni
     assert abs(g.var().item() - torch.pi**2 / 6) < 0.03

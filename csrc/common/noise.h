@@ -2,10 +2,14 @@
 //
 // The noise for element (row, column) of a token_stats call is a pure function
 // of (seed, offset, row, column), so the CPU, CUDA and Triton kernels and the
-// PyTorch reference (dmkernels/reference/noise.py) draw the same sample:
+// PyTorch reference (dmkernels/reference/noise.py) draw the same sample.
+// Columns come in groups of 32; one Philox call (4 words) serves 4 columns of a
+// group that are 8 apart, so 8 calls side by side fill four SIMD vectors (or
+// four coalesced loads of a warp) with consecutive columns:
 //
-//   bits  = Philox4x32-10(counter = (column / 4, row, offset_lo, offset_hi),
-//                         key     = (seed_lo, seed_hi))[column % 4]
+//   block = (column / 32) * 8 + column % 8,   word = (column / 8) % 4
+//   bits  = Philox4x32-10(counter = (block, row, offset_lo, offset_hi),
+//                         key     = (seed_lo, seed_hi))[word]
 //   u     = (bits >> 9) * 2^-23 + 2^-24          exact in float32, u in (0, 1)
 //   g     = -log(-log(u))                          float32
 //   y     = x * float32(1 / temperature) + g       two roundings, never an FMA
@@ -68,7 +72,10 @@ DMK_HOST_DEVICE float uniform_from_bits(uint32_t bits) {
   return static_cast<float>(static_cast<int32_t>(bits >> 9)) * 0x1p-23f + 0x1p-24f;
 }
 
-// Counter words of the Philox block that holds `column`.
+// Columns per noise group and Philox blocks per group (see the layout above).
+constexpr int64_t kNoiseGroup = 32;
+constexpr int64_t kNoiseBlocksPerGroup = 8;
+
 struct NoiseKey {
   uint32_t seed_lo, seed_hi, offset_lo, offset_hi;
 };
@@ -78,9 +85,15 @@ DMK_HOST_DEVICE NoiseKey make_noise_key(uint64_t seed, uint64_t offset) {
                   static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)};
 }
 
-// Raw bits for four consecutive columns 4*block .. 4*block+3 of `row`.
-DMK_HOST_DEVICE Philox4x32 noise_bits4(const NoiseKey& key, uint32_t row, uint32_t block) {
+// The four words of `block`: columns (block / 8) * 32 + block % 8 + 8 * word of `row`.
+DMK_HOST_DEVICE Philox4x32 noise_block(const NoiseKey& key, uint32_t row, uint32_t block) {
   return philox4x32_10(block, row, key.offset_lo, key.offset_hi, key.seed_lo, key.seed_hi);
+}
+
+// Raw bits of one column (for scalar code paths; kernels use noise_block).
+DMK_HOST_DEVICE uint32_t noise_bits(const NoiseKey& key, uint32_t row, uint64_t column) {
+  const uint32_t block = static_cast<uint32_t>((column / 32) * 8 + column % 8);
+  return noise_block(key, row, block).v[(column / 8) % 4];
 }
 
 }  // namespace dmkernels

@@ -37,9 +37,9 @@ namespace {
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = Vec::size();
-constexpr int64_t kGroup = 32;     // columns per noise group: 8 Philox blocks of 4
-constexpr int64_t kChunk = 2048;   // floats per chunk: 8 KiB, L1-resident
-static_assert(kChunk % kGroup == 0 && kGroup % kLanes == 0, "chunk layout");
+constexpr int64_t kGroup = kNoiseGroup;  // 32 columns: 8 Philox blocks of 4 words
+constexpr int64_t kChunk = 2048;         // floats per chunk: 8 KiB, L1-resident
+static_assert(kChunk % kGroup == 0 && kLanes == 8, "the noise layout assumes 8-float vectors");
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // exp underflows to 0 below ln(FLT_MIN) ~ -87.3; clamping there keeps
@@ -98,41 +98,60 @@ inline int64_t load_chunk(const T* src, int64_t n, bool scaling, float scale, fl
   return padded;
 }
 
-// Philox bits for 32 consecutive columns (8 blocks). A plain loop over lanes so
-// the compiler vectorises the 32x32->64 multiplies; same arithmetic as
-// philox4x32_10 in noise.h.
-inline void noise_bits_group(const NoiseKey& key, uint32_t row, uint32_t first_block,
-                             uint32_t* out /* kGroup */) {
-  constexpr int kBlocks = kGroup / 4;
-  uint32_t c0[kBlocks], c1[kBlocks], c2[kBlocks], c3[kBlocks];
-  for (int b = 0; b < kBlocks; ++b) {
-    c0[b] = first_block + static_cast<uint32_t>(b);
-    c1[b] = row;
-    c2[b] = key.offset_lo;
-    c3[b] = key.offset_hi;
-  }
+// Gumbel noise for the 32 columns of noise group `group` of `row`, as four
+// vectors of 8 consecutive columns: the 8 Philox blocks of the group run side by
+// side in SIMD lanes, and word j of the 8 blocks is exactly columns 8j .. 8j+7
+// (layout in noise.h), so no transpose is needed.
+#if defined(CPU_CAPABILITY_AVX2)
+// High and low words of c * m per 32-bit lane (vpmuludq covers the even lanes).
+inline void mulhilo8(__m256i c, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(c, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(c, 32), m);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, Vec gumbel[4]) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+  __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(group * kNoiseBlocksPerGroup)),
+                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256i c1 = _mm256_set1_epi32(static_cast<int>(row));
+  __m256i c2 = _mm256_set1_epi32(static_cast<int>(key.offset_lo));
+  __m256i c3 = _mm256_set1_epi32(static_cast<int>(key.offset_hi));
   uint32_t k0 = key.seed_lo, k1 = key.seed_hi;
   for (int round = 0; round < 10; ++round) {
-    for (int b = 0; b < kBlocks; ++b) {
-      const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0[b];
-      const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2[b];
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[b] ^ k0;
-      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[b] ^ k1;
-      c1[b] = static_cast<uint32_t>(p1);
-      c3[b] = static_cast<uint32_t>(p0);
-      c0[b] = n0;
-      c2[b] = n2;
-    }
+    __m256i hi0, lo0, hi1, lo1;
+    mulhilo8(c0, m0, hi0, lo0);
+    mulhilo8(c2, m1, hi1, lo1);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+    c1 = lo1;
+    c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+    c3 = lo0;
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }
-  for (int b = 0; b < kBlocks; ++b) {
-    out[4 * b + 0] = c0[b];
-    out[4 * b + 1] = c1[b];
-    out[4 * b + 2] = c2[b];
-    out[4 * b + 3] = c3[b];
+  const __m256i words[4] = {c0, c1, c2, c3};
+  for (int j = 0; j < 4; ++j) {
+    // u = (bits >> 9) * 2^-23 + 2^-24: exact, so no rounding question here.
+    const Vec u = Vec(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(words[j], 9)),
+                                                  _mm256_set1_ps(0x1p-23f)),
+                                    _mm256_set1_ps(0x1p-24f)));
+    gumbel[j] = u.log().neg().log().neg();
   }
 }
+#else
+inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, Vec gumbel[4]) {
+  alignas(64) float u[4][kNoiseBlocksPerGroup];
+  for (uint32_t b = 0; b < kNoiseBlocksPerGroup; ++b) {
+    const Philox4x32 w = noise_block(key, row, group * kNoiseBlocksPerGroup + b);
+    for (int j = 0; j < 4; ++j) u[j][b] = uniform_from_bits(w.v[j]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    gumbel[j] = Vec::loadu(u[j]).log().neg().log().neg();
+  }
+}
+#endif
 
 template <typename T>
 RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* buf) {
@@ -145,9 +164,6 @@ RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* bu
   float m = kNegInf;      // running maximum of the scores
   double S = 0.0, A = 0.0;
   float best_y_bound = kNegInf;  // best perturbed value after the previous chunk
-
-  alignas(64) uint32_t bits[kGroup];
-  alignas(64) float uniform[kGroup];
 
   for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
     const int64_t n = std::min(kChunk, V - c0);
@@ -203,12 +219,10 @@ RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* bu
           reach = at::vec::maximum(reach, base[j]);
         }
         if (((reach + vgumbel) > vbound).zero_mask() == (1 << kLanes) - 1) continue;
-        noise_bits_group(p.key, row, static_cast<uint32_t>((c0 + g) / 4), bits);
-        for (int64_t t = 0; t < kGroup; ++t) uniform[t] = uniform_from_bits(bits[t]);
+        Vec gumbel[4];
+        noise_group(p.key, row, static_cast<uint32_t>((c0 + g) / kGroup), gumbel);
         for (int64_t j = 0; j < kGroup / kLanes; ++j) {
-          const Vec u = Vec::loadu(uniform + j * kLanes);
-          const Vec gumbel = (u.log().neg()).log().neg();
-          const Vec y = base[j] + gumbel;
+          const Vec y = base[j] + gumbel[j];
           const Vec greater = y > best_y;
           const Vec gcol = Vec(static_cast<float>(c0 + g + j * kLanes)) + lane_index;
           best_col = Vec::blendv(best_col, gcol, greater);

@@ -1,9 +1,10 @@
 """Reference Gumbel noise: Philox4x32-10 in int64 torch ops.
 
-The same mapping as csrc/common/noise.h (read that header for the layout):
-element (row, column) of a token_stats call gets
-``g = -log(-log(u))`` with ``u`` made from word ``column % 4`` of
-``Philox4x32-10(counter=(column // 4, row, offset_lo, offset_hi), key=(seed_lo, seed_hi))``.
+The same mapping as csrc/common/noise.h (read that header for why this layout):
+element (row, column) of a token_stats call gets ``g = -log(-log(u))`` with ``u``
+made from word ``(column // 8) % 4`` of
+``Philox4x32-10(counter=(block, row, offset_lo, offset_hi), key=(seed_lo, seed_hi))``,
+``block = (column // 32) * 8 + column % 8``.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def philox4x32_10(
 def noise_bits(seed: int, offset: int, rows: torch.Tensor, num_columns: int) -> torch.Tensor:
     """uint32 random words (as int64) for ``rows`` (int64 [R]) x columns [0, num_columns)."""
     rows = rows.to(torch.int64).reshape(-1, 1)
-    blocks = torch.arange((num_columns + 3) // 4, dtype=torch.int64, device=rows.device).reshape(1, -1)
+    groups = (num_columns + 31) // 32
+    blocks = torch.arange(groups * 8, dtype=torch.int64, device=rows.device).reshape(1, -1)
     words = philox4x32_10(
         blocks,
         rows & _MASK32,
@@ -54,7 +56,9 @@ def noise_bits(seed: int, offset: int, rows: torch.Tensor, num_columns: int) -> 
         seed & _MASK32,
         (seed >> 32) & _MASK32,
     )
-    return torch.stack(words, dim=-1).reshape(rows.shape[0], -1)[:, :num_columns]
+    # [R, group, lane, word] -> columns group * 32 + word * 8 + lane
+    by_block = torch.stack(words, dim=-1).reshape(rows.shape[0], groups, 8, 4)
+    return by_block.transpose(-1, -2).reshape(rows.shape[0], groups * 32)[:, :num_columns]
 
 
 def uniform_from_bits(bits: torch.Tensor) -> torch.Tensor:

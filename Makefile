@@ -1,0 +1,23 @@
+# Two commands for a newcomer (see README.md):
+#   make bench   the main job: python -m dmkernels.bench on whatever device is here
+#   make test    the test suite (what CI runs)
+# Both first install what they need. PyTorch is installed only when none is:
+# torch==2.13.0, which on a CPU machine here is the local CPU build (no CUDA
+# packages); a machine that already has a (CUDA) PyTorch keeps it.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install bench test
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install --quiet ninja numpy pytest pytest-benchmark hypothesis
+	@# Incremental in-place build (ninja keeps build/), then an editable install once.
+	$(PYTHON) setup.py --quiet build_ext --inplace
+	@$(PIP) show --quiet dmkernels 2>/dev/null || $(PIP) install --no-build-isolation --no-deps -e .
+
+bench: install
+	$(PYTHON) -m dmkernels.bench $(BENCH_ARGS)
+
+test: install
+	$(PYTHON) -m pytest tests benchmarks -q $(TEST_ARGS)
