@@ -38,3 +38,13 @@ def test_noise_layout_and_distribution():
     g = gumbel_noise(1, 0, torch.arange(200), 1000).double()
     assert abs(g.mean().item() - 0.5772) < 0.01  # Euler-Mascheroni
     assert abs(g.var().item() - torch.pi**2 / 6) < 0.03
+
+
+def test_log_f32_is_accurate_on_the_ranges_the_noise_uses():
+    from dmkernels.reference.noise import log_f32
+
+    u = uniform_from_bits(torch.randint(0, 2**32, (200000,)))
+    for x in (u, -torch.log(u.double()).float(), torch.tensor([2.0**-24, 1 - 2.0**-24, 1.0, 16.6])):
+        exact = x.double().log()
+        rel = (log_f32(x).double() - exact).abs() / exact.abs().clamp_min(1e-300)
+        assert float(rel.max()) < 2e-7

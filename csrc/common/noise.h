@@ -11,18 +11,21 @@
 //   bits  = Philox4x32-10(counter = (block, row, offset_lo, offset_hi),
 //                         key     = (seed_lo, seed_hi))[word]
 //   u     = (bits >> 9) * 2^-23 + 2^-24          exact in float32, u in (0, 1)
-//   g     = -log(-log(u))                          float32
+//   g     = -log_f32(-log_f32(u))                  float32, log_f32 below
 //   y     = x * float32(1 / temperature) + g       two roundings, never an FMA
 //   token = argmax y, lowest column on ties
 //
-// Everything up to u is exact integer / float arithmetic. The two logs are the
-// only place backends can differ (by an ulp), which moves the argmax only when
-// two perturbed logits are within an ulp of each other.
+// Every step is a fixed sequence of IEEE float32 multiplies and adds (no FMA
+// contraction: -ffp-contract=off, nvcc --fmad=false, Triton without fp fusion)
+// and integer bit operations, so every backend gets the same bits: the same
+// seed gives the same token everywhere, not just almost always. That is why
+// log_f32 is our own polynomial and not the platform's logf.
 //
 // Plain C++ with no torch include, so nvcc compiles it for device code too.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define DMK_HOST_DEVICE __host__ __device__ __forceinline__
@@ -67,9 +70,43 @@ DMK_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2,
   return Philox4x32{{c0, c1, c2, c3}};
 }
 
+// log_f32: natural log of a positive normal float32 (the noise needs no more).
+// x = 2^e * m with m in (sqrt(1/2), sqrt(2)], f = m - 1 (exact), and
+// log x = e * ln2 + f * Q(f) with Q a degree-8 polynomial fitted (weighted least
+// squares, then rounded to float32) to log1p(f) / f on that interval: relative
+// error below 2e-7. Evaluated by Horner, one rounding per multiply and add.
+constexpr float kLogQ[9] = {1.0f,          -0.49999988079071045f, 0.3333418667316437f,
+                            -0.25002074241638184f, 0.19956833124160767f, -0.16562391817569733f,
+                            0.14952263236045837f,  -0.143668532371521f,   0.08722376823425293f};
+constexpr float kLn2 = 0.693147182464599609375f;  // float32(ln 2)
+constexpr float kSqrt2 = 1.41421353816986083984375f;  // float32(sqrt 2)
+
+DMK_HOST_DEVICE float log_f32(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  int32_t e = static_cast<int32_t>(bits >> 23) - 127;
+  const uint32_t mbits = (bits & 0x007FFFFFu) | 0x3F800000u;  // m in [1, 2)
+  float m;
+  std::memcpy(&m, &mbits, sizeof(m));
+  if (m > kSqrt2) {
+    m = m * 0.5f;
+    e += 1;
+  }
+  const float f = m - 1.0f;
+  float q = kLogQ[8];
+#pragma unroll
+  for (int i = 7; i >= 0; --i) q = q * f + kLogQ[i];
+  return static_cast<float>(e) * kLn2 + f * q;
+}
+
 // 23 random bits -> u in (0, 1); both steps are exact in float32.
 DMK_HOST_DEVICE float uniform_from_bits(uint32_t bits) {
   return static_cast<float>(static_cast<int32_t>(bits >> 9)) * 0x1p-23f + 0x1p-24f;
+}
+
+// Gumbel(0, 1) from 32 random bits.
+DMK_HOST_DEVICE float gumbel_from_bits(uint32_t bits) {
+  return -log_f32(-log_f32(uniform_from_bits(bits)));
 }
 
 // Columns per noise group and Philox blocks per group (see the layout above).

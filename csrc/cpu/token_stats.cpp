@@ -111,6 +111,21 @@ inline void mulhilo8(__m256i c, __m256i m, __m256i& hi, __m256i& lo) {
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
+// log_f32 of noise.h on 8 lanes: the same operations in the same order.
+inline __m256 log8(__m256 x) {
+  const __m256i bits = _mm256_castps_si256(x);
+  __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127));
+  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                                 _mm256_set1_epi32(0x3F800000)));
+  const __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(kSqrt2), _CMP_GT_OQ);
+  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
+  e = _mm256_sub_epi32(e, _mm256_castps_si256(big));  // true lanes are -1: e + 1
+  const __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
+  __m256 q = _mm256_set1_ps(kLogQ[8]);
+  for (int i = 7; i >= 0; --i) q = _mm256_add_ps(_mm256_mul_ps(q, f), _mm256_set1_ps(kLogQ[i]));
+  return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(e), _mm256_set1_ps(kLn2)), _mm256_mul_ps(f, q));
+}
+
 inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, Vec gumbel[4]) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
@@ -134,22 +149,21 @@ inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, Vec g
   const __m256i words[4] = {c0, c1, c2, c3};
   for (int j = 0; j < 4; ++j) {
     // u = (bits >> 9) * 2^-23 + 2^-24: exact, so no rounding question here.
-    const Vec u = Vec(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(words[j], 9)),
-                                                  _mm256_set1_ps(0x1p-23f)),
-                                    _mm256_set1_ps(0x1p-24f)));
-    gumbel[j] = u.log().neg().log().neg();
+    const __m256 u = _mm256_add_ps(
+        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(words[j], 9)), _mm256_set1_ps(0x1p-23f)),
+        _mm256_set1_ps(0x1p-24f));
+    const __m256 neg = _mm256_set1_ps(-0.0f);
+    gumbel[j] = Vec(_mm256_xor_ps(log8(_mm256_xor_ps(log8(u), neg)), neg));
   }
 }
 #else
 inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, Vec gumbel[4]) {
-  alignas(64) float u[4][kNoiseBlocksPerGroup];
+  alignas(64) float g[4][kNoiseBlocksPerGroup];
   for (uint32_t b = 0; b < kNoiseBlocksPerGroup; ++b) {
     const Philox4x32 w = noise_block(key, row, group * kNoiseBlocksPerGroup + b);
-    for (int j = 0; j < 4; ++j) u[j][b] = uniform_from_bits(w.v[j]);
+    for (int j = 0; j < 4; ++j) g[j][b] = gumbel_from_bits(w.v[j]);
   }
-  for (int j = 0; j < 4; ++j) {
-    gumbel[j] = Vec::loadu(u[j]).log().neg().log().neg();
-  }
+  for (int j = 0; j < 4; ++j) gumbel[j] = Vec::loadu(g[j]);
 }
 #endif
 

@@ -1,7 +1,7 @@
 """Reference Gumbel noise: Philox4x32-10 in int64 torch ops.
 
 The same mapping as csrc/common/noise.h (read that header for why this layout):
-element (row, column) of a token_stats call gets ``g = -log(-log(u))`` with ``u``
+element (row, column) of a token_stats call gets ``g = -log_f32(-log_f32(u))`` with ``u``
 made from word ``(column // 8) % 4`` of
 ``Philox4x32-10(counter=(block, row, offset_lo, offset_hi), key=(seed_lo, seed_hi))``,
 ``block = (column // 32) * 8 + column % 8``.
@@ -15,6 +15,12 @@ PHILOX_M1 = 0xCD9E8D57
 PHILOX_W0 = 0x9E3779B9
 PHILOX_W1 = 0xBB67AE85
 _MASK32 = 0xFFFFFFFF
+
+# log_f32 (noise.h): Q(f) ~ log1p(f) / f on (sqrt(1/2) - 1, sqrt(2) - 1], float32 values.
+LOG_Q = (1.0, -0.49999988079071045, 0.3333418667316437, -0.25002074241638184, 0.19956833124160767,
+         -0.16562391817569733, 0.14952263236045837, -0.143668532371521, 0.08722376823425293)
+LN2_F32 = 0.693147182464599609375
+SQRT2_F32 = 1.41421353816986083984375
 
 
 def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +72,23 @@ def uniform_from_bits(bits: torch.Tensor) -> torch.Tensor:
     return (bits >> 9).to(torch.float32) * 2.0**-23 + 2.0**-24
 
 
+def log_f32(x: torch.Tensor) -> torch.Tensor:
+    """The backends' own float32 log of positive normal floats, op for op (each torch
+    op rounds once, as each multiply and add does in the kernels)."""
+    bits = x.view(torch.int32)
+    e = (bits >> 23) - 127
+    m = ((bits & 0x007FFFFF) | 0x3F800000).view(torch.float32)
+    big = m > SQRT2_F32
+    m = torch.where(big, m * 0.5, m)
+    e = e + big.to(torch.int32)
+    f = m - 1.0
+    q = torch.full_like(f, LOG_Q[8])
+    for c in reversed(LOG_Q[:8]):
+        q = q * f + c
+    return e.to(torch.float32) * LN2_F32 + f * q
+
+
 def gumbel_noise(seed: int, offset: int, rows: torch.Tensor, num_columns: int) -> torch.Tensor:
     """float32 Gumbel(0, 1) noise [R, num_columns] for the given flat row indices."""
     u = uniform_from_bits(noise_bits(seed, offset, rows, num_columns))
-    return -torch.log(-torch.log(u))
+    return -log_f32(-log_f32(u))
