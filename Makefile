@@ -12,12 +12,16 @@ PIP := $(PYTHON) -m pip
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install --quiet ninja numpy pytest pytest-benchmark hypothesis
-	@# Incremental in-place build (ninja keeps build/), then an editable install once.
-	$(PYTHON) setup.py --quiet build_ext --inplace
-	@$(PIP) show --quiet dmkernels 2>/dev/null || $(PIP) install --no-build-isolation --no-deps -e .
+	@# First time: an editable install (builds dmkernels._C into the tree). Later:
+	@# an incremental in-place rebuild (ninja keeps build/) of what changed.
+	@if $(PIP) show --quiet dmkernels 2>/dev/null; then \
+		$(PYTHON) setup.py --quiet build_ext --inplace; \
+	else \
+		$(PIP) install --no-build-isolation --no-deps -e .; \
+	fi
 
 bench: install
 	$(PYTHON) -m dmkernels.bench $(BENCH_ARGS)
 
 test: install
-	$(PYTHON) -m pytest tests benchmarks -q $(TEST_ARGS)
+	$(PYTHON) -m pytest tests benchmarks -q --benchmark-disable $(TEST_ARGS)

@@ -61,7 +61,7 @@ def _extensions():
         and not _flag("DMKERNELS_NO_CUDA")
     )
     # No FMA contraction: the sampling arithmetic must round like the other backends.
-    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno"] + _cpu_arch_flags()
+    cxx = ["-O3", "-g0", "-ffp-contract=off", "-fno-math-errno"] + _cpu_arch_flags()
     extra = {"cxx": cxx}
     if use_cuda:
         extra["nvcc"] = ["-O3", "--fmad=false", "-lineinfo"]
