@@ -29,12 +29,18 @@ LOADED, REASON = _load()
 _warned = False
 
 
+_has_kernel: dict[tuple[str, str], bool] = {}
+
+
 def has_kernel(op: str, device: torch.device) -> bool:
-    """Whether the compiled extension implements ``dmkernels::<op>`` for ``device``."""
-    if not LOADED:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dmkernels::{op}", key)
+    """Whether the compiled extension implements ``dmkernels::<op>`` for ``device``
+    (asked of the dispatcher once per op and device type)."""
+    found = _has_kernel.get((op, device.type))
+    if found is None:
+        key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+        found = LOADED and key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dmkernels::{op}", key)
+        _has_kernel[(op, device.type)] = found
+    return found
 
 
 def note_fallback(op: str, device: torch.device) -> None:

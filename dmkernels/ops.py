@@ -127,8 +127,6 @@ def _k_tensor(op: str, k, scores: torch.Tensor) -> torch.Tensor:
     check.same_device(op, "k", k, scores, "scores")
     check.dtype(op, "k", k, check.INDEX_DTYPES)
     check.shape(op, "k", k, (scores.shape[0],), "one count per row of scores")
-    if k.device.type == "cpu" and k.numel() and int(k.min()) < 0:  # free on the CPU; a sync elsewhere
-        check.fail(op, f"k must be >= 0, got k = {k.tolist()}")
     return k
 
 
@@ -151,7 +149,9 @@ def select_topk(scores: torch.Tensor, k: torch.Tensor | int, eligible: torch.Ten
     eligible = check.eligible(op, eligible, scores, "scores")
     k = _k_tensor(op, k, scores)
     if _compiled(op, scores.device):
-        return torch.ops.dmkernels.select_topk(scores, k, eligible)
+        return torch.ops.dmkernels.select_topk(scores, k, eligible)  # the kernel checks k >= 0
+    if k.device.type == "cpu" and k.numel() and int(k.min()) < 0:  # free on the CPU; a sync elsewhere
+        check.fail(op, f"k must be >= 0, got k = {k.tolist()}")
     return select_topk_reference(scores, k, eligible)
 
 

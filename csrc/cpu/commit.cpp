@@ -13,24 +13,32 @@ namespace {
 template <typename X, typename T>
 void commit_rows(at::Tensor& x, const at::Tensor& token, const at::Tensor& select, int64_t mask_id,
                  at::Tensor& changed, at::Tensor& remaining) {
-  auto xa = x.accessor<X, 2>();
-  const auto ta = token.accessor<T, 2>();
-  const auto sa = select.accessor<bool, 2>();
-  auto ca = changed.accessor<bool, 2>();
-  auto ra = remaining.accessor<int64_t, 1>();
+  X* xp = x.data_ptr<X>();
+  const T* tp = token.const_data_ptr<T>();
+  const bool* sp = select.const_data_ptr<bool>();
+  bool* cp = changed.data_ptr<bool>();
+  int64_t* rp = remaining.data_ptr<int64_t>();
   const int64_t B = x.size(0), L = x.size(1);
-  at::parallel_for(0, B, std::max<int64_t>(1, 4096 / std::max<int64_t>(L, 1)), [&](int64_t begin, int64_t end) {
+  const int64_t xs0 = x.stride(0), xs1 = x.stride(1), ts0 = token.stride(0), ts1 = token.stride(1);
+  const int64_t ss0 = select.stride(0), ss1 = select.stride(1);
+  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
+      X* xr = xp + b * xs0;
+      const T* tr = tp + b * ts0;
+      const bool* sr = sp + b * ss0;
+      bool* cr = cp + b * L;
       int64_t left = 0;
+      // Branch-free: the data decides nothing about control flow.
       for (int64_t i = 0; i < L; ++i) {
-        const int64_t current = xa[b][i];
-        const int64_t tok = ta[b][i];
-        const bool write = current == mask_id && sa[b][i] && tok >= 0 && tok != mask_id;
-        if (write) xa[b][i] = static_cast<X>(tok);
-        ca[b][i] = write;
-        left += (write ? tok : current) == mask_id;
+        const int64_t current = xr[i * xs1];
+        const int64_t tok = tr[i * ts1];
+        const bool write = (current == mask_id) & sr[i * ss1] & (tok >= 0) & (tok != mask_id);
+        const int64_t now = write ? tok : current;
+        xr[i * xs1] = static_cast<X>(now);
+        cr[i] = write;
+        left += now == mask_id;
       }
-      ra[b] = left;
+      rp[b] = left;
     }
   });
 }

@@ -24,16 +24,14 @@ at::Tensor select_entropy_bounded_cpu(const at::Tensor& error, const at::Tensor&
   const at::Tensor h64 = entropy.to(at::kDouble).contiguous();
   const double* h = h64.const_data_ptr<double>();
   return for_each_row(neg_error, eligible, [&](int64_t b, const double* s, const bool* e, bool* out) {
-    const std::vector<int64_t> order = ranked_eligible(s, e, L);
     const double* hb = h + b * L;
     double sum = 0.0, peak = -std::numeric_limits<double>::infinity();
-    int64_t count = 0;
-    for (int64_t n = 0; n < static_cast<int64_t>(order.size()); ++n) {
-      sum += hb[order[n]];
-      peak = std::max(peak, hb[order[n]]);
-      if (!(sum - peak <= gamma)) break;
-      count = n + 1;
-    }
+    std::vector<int64_t> order;
+    int64_t count = ranked_prefix(s, e, L, order, [&](int64_t, int64_t i) {
+      sum += hb[i];
+      peak = std::max(peak, hb[i]);
+      return sum - peak <= gamma;
+    });
     if (!order.empty()) count = std::max<int64_t>(count, 1);
     for (int64_t t = 0; t < count; ++t) out[order[t]] = true;
   });

@@ -16,12 +16,11 @@ at::Tensor select_factor_cpu(const at::Tensor& scores, const at::Tensor& eligibl
   TORCH_CHECK(!std::isnan(factor), "dmkernels.select_factor: factor is NaN");
   const int64_t L = scores.size(1);
   return for_each_row(scores, eligible, [&](int64_t, const double* s, const bool* e, bool* out) {
-    const std::vector<int64_t> order = ranked_eligible(s, e, L);
-    int64_t count = 0;
-    for (int64_t n = 1; n <= static_cast<int64_t>(order.size()); ++n) {
-      if (!(static_cast<double>(n + 1) * (1.0 - s[order[n - 1]]) <= factor)) break;
-      count = n;
-    }
+    std::vector<int64_t> order;
+    // Position n (0-based) is the (n + 1)-th best: it passes if (n + 2) * (1 - c) <= factor.
+    int64_t count = ranked_prefix(s, e, L, order, [&](int64_t n, int64_t i) {
+      return static_cast<double>(n + 2) * (1.0 - s[i]) <= factor;
+    });
     if (!order.empty()) count = std::max<int64_t>(count, 1);
     for (int64_t t = 0; t < count; ++t) out[order[t]] = true;
   });

@@ -23,15 +23,31 @@ inline bool ranks_before(double a, int64_t i, double b, int64_t j) {
   return i < j;
 }
 
-// Eligible positions of one row, best first under ranks_before.
-inline std::vector<int64_t> ranked_eligible(const double* score, const bool* eligible, int64_t L) {
-  std::vector<int64_t> order;
+// Walks the eligible positions of one row best first (ranks_before) and
+// returns how many pass `accept(n, position)` (n = 0, 1, ...) before the first
+// that fails. `order` is left holding them, best first, in its first entries.
+// The rules stop after a few positions, so the row is ordered lazily: the best
+// 16 (nth_element, then a sort of those), then the next 32, 64, ...: O(L) for a
+// short prefix instead of a full sort.
+template <typename Accept>
+int64_t ranked_prefix(const double* score, const bool* eligible, int64_t L, std::vector<int64_t>& order,
+                      Accept accept) {
+  order.clear();
   for (int64_t i = 0; i < L; ++i) {
     if (eligible[i]) order.push_back(i);
   }
-  std::sort(order.begin(), order.end(),
-            [&](int64_t i, int64_t j) { return ranks_before(score[i], i, score[j], j); });
-  return order;
+  const auto better = [&](int64_t i, int64_t j) { return ranks_before(score[i], i, score[j], j); };
+  const int64_t size = static_cast<int64_t>(order.size());
+  int64_t done = 0;
+  for (int64_t chunk = 16; done < size; chunk *= 2) {
+    const int64_t end = std::min(size, done + chunk);
+    if (end < size) std::nth_element(order.begin() + done, order.begin() + end, order.end(), better);
+    std::sort(order.begin() + done, order.begin() + end, better);
+    for (; done < end; ++done) {
+      if (!accept(done, order[done])) return done;
+    }
+  }
+  return size;
 }
 
 // Runs row_fn(b, score_row, eligible_row, out_row) over rows in parallel and
