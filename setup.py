@@ -64,7 +64,7 @@ def _extensions():
     cxx = ["-O3", "-g0", "-ffp-contract=off", "-fno-math-errno"] + _cpu_arch_flags()
     extra = {"cxx": cxx}
     if use_cuda:
-        extra["nvcc"] = ["-O3", "--fmad=false", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "--fmad=false", "-lineinfo", "--expt-relaxed-constexpr"]
         ext = CUDAExtension("dmkernels._C", sources + cuda_sources, extra_compile_args=extra,
                             include_dirs=[os.path.join(ROOT, "csrc")])
     else:

@@ -3,7 +3,7 @@
 // as the Python wrappers in dmkernels/ops.py (which check the same things first).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cmath>
 #include <cstdlib>

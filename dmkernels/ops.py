@@ -7,10 +7,13 @@ dmkernels/reference/, one file per op; schemas in csrc/ops.cpp.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import _checks as check
 from . import _extension
+from . import triton as _triton
 from .reference import (
     TokenStats,
     commit_reference,
@@ -37,16 +40,49 @@ __all__ = [
 ]
 
 
-def _compiled(op: str, device: torch.device) -> bool:
-    if _extension.has_kernel(op, device):
-        return True
-    _extension.note_fallback(op, device)
-    return False
+BACKENDS = ("native", "triton", "reference")
+
+
+def _choose(op: str, device: torch.device, backend: str | None) -> str:
+    """The backend that runs ``op`` on ``device``: the ``backend`` keyword, else
+    DMKERNELS_BACKEND, else the compiled kernel where built, Triton for CUDA
+    tensors where installed, and the reference as the last resort."""
+    backend = backend or os.environ.get("DMKERNELS_BACKEND") or "auto"
+    if backend == "auto":
+        if _extension.has_kernel(op, device):
+            return "native"
+        if device.type == "cuda" and _triton.AVAILABLE:
+            _triton.load()
+            return "triton"
+        _extension.note_fallback(op, device)
+        return "reference"
+    if backend == "native":
+        if not _extension.has_kernel(op, device):
+            why = _extension.REASON if not _extension.LOADED else f"dmkernels._C has no {device.type} kernel"
+            check.fail(op, f"backend='native' is not available for {device.type} tensors: {why}", RuntimeError)
+    elif backend == "triton":
+        if not _triton.AVAILABLE:
+            check.fail(op, f"backend='triton' is not available: {_triton.REASON}", RuntimeError)
+        _triton.load()
+    elif backend != "reference":
+        check.fail(op, f"backend must be one of {('auto',) + BACKENDS} (or None), got {backend!r}")
+    return backend
+
+
+def _run(op: str, device: torch.device, backend: str | None, args: tuple, reference):
+    """Run ``op`` on the chosen backend: ``torch.ops.dmkernels.<op>`` (native),
+    ``torch.ops.dmkernels_triton.<op>``, or ``reference(*args)``."""
+    chosen = _choose(op, device, backend)
+    if chosen == "native":
+        return getattr(torch.ops.dmkernels, op)(*args)
+    if chosen == "triton":
+        return getattr(torch.ops.dmkernels_triton, op)(*args)
+    return reference(*args)
 
 
 def backends() -> dict[str, str]:
-    """What can run the ops here: ``{"cpu": ..., "cuda": ..., "reference": ...}``,
-    each "available" or the reason it is not."""
+    """What can run the ops here, each "available" or the reason it is not:
+    ``cpu`` and ``cuda`` (the compiled kernels), ``triton``, ``reference``."""
     cpu = "available" if _extension.has_kernel("token_stats", torch.device("cpu")) else _extension.REASON
     if _extension.has_kernel("token_stats", torch.device("cuda")):
         cuda = "available"
@@ -54,7 +90,7 @@ def backends() -> dict[str, str]:
         cuda = _extension.REASON
     else:
         cuda = "not built: this build of dmkernels._C has no CUDA kernels"
-    return {"cpu": cpu, "cuda": cuda, "reference": "available"}
+    return {"cpu": cpu, "cuda": cuda, "triton": _triton.REASON, "reference": "available"}
 
 
 def token_stats(
@@ -65,6 +101,7 @@ def token_stats(
     offset: int = 0,
     positions: torch.Tensor | None = None,
     tempered_scores: bool = False,
+    backend: str | None = None,
 ) -> TokenStats:
     """Token choice and its scores for every position, in one pass over the vocabulary.
 
@@ -89,6 +126,10 @@ def token_stats(
         Which distribution the scores describe when T > 0. False (default, LLaDA):
         ``softmax(x)``; True (Dream): ``softmax(x / T)``, the one sampled from.
         At T = 0 the scores always describe ``softmax(x)``.
+    backend : {None, "auto", "native", "triton", "reference"}
+        Which implementation runs (every op takes this keyword). None reads
+        DMKERNELS_BACKEND, else "auto": the compiled kernel for the tensor's
+        device where built, Triton for CUDA tensors, the reference otherwise.
 
     Returns
     -------
@@ -110,13 +151,12 @@ def token_stats(
         check.dtype(op, "positions", positions, (torch.bool,))
         check.shape(op, "positions", positions, logits.shape[:-1], "logits.shape[:-1]")
     tempered_scores = bool(tempered_scores)
-    if _compiled(op, logits.device):
-        out = torch.ops.dmkernels.token_stats(logits, temperature, seed, offset, tempered_scores, positions)
-        return TokenStats(*out)
-    return token_stats_reference(
-        logits, temperature=temperature, seed=seed, offset=offset, positions=positions,
-        tempered_scores=tempered_scores,
-    )
+    def reference(logits, temperature, seed, offset, tempered_scores, positions):
+        return token_stats_reference(logits, temperature=temperature, seed=seed, offset=offset,
+                                     positions=positions, tempered_scores=tempered_scores)
+
+    args = (logits, temperature, seed, offset, tempered_scores, positions)
+    return TokenStats(*_run(op, logits.device, backend, args, reference))
 
 
 def _k_tensor(op: str, k, scores: torch.Tensor) -> torch.Tensor:
@@ -130,7 +170,9 @@ def _k_tensor(op: str, k, scores: torch.Tensor) -> torch.Tensor:
     return k
 
 
-def select_topk(scores: torch.Tensor, k: torch.Tensor | int, eligible: torch.Tensor) -> torch.Tensor:
+def select_topk(
+    scores: torch.Tensor, k: torch.Tensor | int, eligible: torch.Tensor, *, backend: str | None = None
+) -> torch.Tensor:
     """Per row, exactly ``min(k[b], eligible[b].sum())`` eligible positions with the
     highest scores; ties to the lowest index, NaN scores after every number.
 
@@ -148,14 +190,17 @@ def select_topk(scores: torch.Tensor, k: torch.Tensor | int, eligible: torch.Ten
     scores = check.scores_2d(op, "scores", scores)
     eligible = check.eligible(op, eligible, scores, "scores")
     k = _k_tensor(op, k, scores)
-    if _compiled(op, scores.device):
-        return torch.ops.dmkernels.select_topk(scores, k, eligible)  # the kernel checks k >= 0
-    if k.device.type == "cpu" and k.numel() and int(k.min()) < 0:  # free on the CPU; a sync elsewhere
-        check.fail(op, f"k must be >= 0, got k = {k.tolist()}")
-    return select_topk_reference(scores, k, eligible)
+    def reference(scores, k, eligible):
+        if k.device.type == "cpu" and k.numel() and int(k.min()) < 0:  # free on the CPU; a sync elsewhere
+            check.fail(op, f"k must be >= 0, got k = {k.tolist()}")
+        return select_topk_reference(scores, k, eligible)
+
+    return _run(op, scores.device, backend, (scores, k, eligible), reference)  # the CPU kernel checks k >= 0
 
 
-def select_threshold(scores: torch.Tensor, eligible: torch.Tensor, threshold: float) -> torch.Tensor:
+def select_threshold(
+    scores: torch.Tensor, eligible: torch.Tensor, threshold: float, *, backend: str | None = None
+) -> torch.Tensor:
     """Fast-dLLM threshold rule: eligible positions with ``score >= threshold``, plus
     the best eligible one, so every row with an eligible position commits one.
 
@@ -165,12 +210,12 @@ def select_threshold(scores: torch.Tensor, eligible: torch.Tensor, threshold: fl
     scores = check.scores_2d(op, "scores", scores)
     eligible = check.eligible(op, eligible, scores, "scores")
     threshold = check.number(op, "threshold", threshold)
-    if _compiled(op, scores.device):
-        return torch.ops.dmkernels.select_threshold(scores, eligible, threshold)
-    return select_threshold_reference(scores, eligible, threshold)
+    return _run(op, scores.device, backend, (scores, eligible, threshold), select_threshold_reference)
 
 
-def select_factor(scores: torch.Tensor, eligible: torch.Tensor, factor: float) -> torch.Tensor:
+def select_factor(
+    scores: torch.Tensor, eligible: torch.Tensor, factor: float, *, backend: str | None = None
+) -> torch.Tensor:
     """Fast-dLLM factor rule: with eligible scores sorted ``c_1 >= c_2 >= ...``, the
     longest prefix of n positions whose members all satisfy
     ``(n + 1) * (1 - c_n) <= factor``; at least the best one.
@@ -181,13 +226,11 @@ def select_factor(scores: torch.Tensor, eligible: torch.Tensor, factor: float) -
     scores = check.scores_2d(op, "scores", scores)
     eligible = check.eligible(op, eligible, scores, "scores")
     factor = check.number(op, "factor", factor)
-    if _compiled(op, scores.device):
-        return torch.ops.dmkernels.select_factor(scores, eligible, factor)
-    return select_factor_reference(scores, eligible, factor)
+    return _run(op, scores.device, backend, (scores, eligible, factor), select_factor_reference)
 
 
 def select_entropy_bounded(
-    error: torch.Tensor, entropy: torch.Tensor, eligible: torch.Tensor, gamma: float
+    error: torch.Tensor, entropy: torch.Tensor, eligible: torch.Tensor, gamma: float, *, backend: str | None = None
 ) -> torch.Tensor:
     """EB-Sampler rule: eligible positions ordered by ``error`` ascending (an error
     proxy: entropy, -confidence or -margin); the longest prefix whose entropies
@@ -202,9 +245,8 @@ def select_entropy_bounded(
     check.shape(op, "entropy", entropy, error.shape, "error.shape")
     eligible = check.eligible(op, eligible, error, "error")
     gamma = check.number(op, "gamma", gamma)
-    if _compiled(op, error.device):
-        return torch.ops.dmkernels.select_entropy_bounded(error, entropy, eligible, gamma)
-    return select_entropy_bounded_reference(error, entropy, eligible, gamma)
+    args = (error, entropy, eligible, gamma)
+    return _run(op, error.device, backend, args, select_entropy_bounded_reference)
 
 
 def dilated_groups(block_length: int, base: int = 2, *, device: torch.device | str | None = None) -> torch.Tensor:
@@ -221,7 +263,9 @@ def dilated_groups(block_length: int, base: int = 2, *, device: torch.device | s
     return dilated_groups_reference(block_length, base, device=device)
 
 
-def select_group(eligible: torch.Tensor, groups: torch.Tensor, step: torch.Tensor | int) -> torch.Tensor:
+def select_group(
+    eligible: torch.Tensor, groups: torch.Tensor, step: torch.Tensor | int, *, backend: str | None = None
+) -> torch.Tensor:
     """DUS selection: eligible positions whose group (from :func:`dilated_groups`) is
     ``<= step``. Positions of earlier groups still masked are taken too, and a row
     with no eligible position in those groups takes its first non-empty group, so
@@ -251,13 +295,17 @@ def select_group(eligible: torch.Tensor, groups: torch.Tensor, step: torch.Tenso
     check.dtype(op, "step", step, check.INDEX_DTYPES)
     if step.dim() != 0 and tuple(step.shape) != (B,):
         check.fail(op, f"step must be a scalar or have shape [B] = [{B}], got {list(step.shape)}")
-    if _compiled(op, eligible.device):
-        return torch.ops.dmkernels.select_group(eligible, groups, step)
-    return select_group_reference(eligible, groups, step)
+    return _run(op, eligible.device, backend, (eligible, groups, step), select_group_reference)
 
 
 def commit_(
-    x: torch.Tensor, token: torch.Tensor, select: torch.Tensor, mask_id: int, *, vocab_size: int | None = None
+    x: torch.Tensor,
+    token: torch.Tensor,
+    select: torch.Tensor,
+    mask_id: int,
+    *,
+    vocab_size: int | None = None,
+    backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write ``token`` into the canvas ``x`` in place where ``select`` and ``x == mask_id``.
 
@@ -296,6 +344,4 @@ def commit_(
             check.fail(op, f"mask_id = {mask_id} is outside the vocabulary [0, {vocab_size})")
     if x.dtype == torch.int32 and mask_id > 2**31 - 1:
         check.fail(op, f"mask_id = {mask_id} does not fit x's dtype int32")
-    if _compiled(op, x.device):
-        return torch.ops.dmkernels.commit_(x, token, select, mask_id)
-    return commit_reference(x, token, select, mask_id)
+    return _run(op, x.device, backend, (x, token, select, mask_id), commit_reference)

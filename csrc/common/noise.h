@@ -35,6 +35,17 @@
 
 namespace dmkernels {
 
+// float32 multiply and add with one rounding each, whatever the compiler's
+// contraction flags: device code spells it out, host code relies on
+// -ffp-contract=off (setup.py).
+#if defined(__CUDA_ARCH__)
+#define DMK_MUL(a, b) __fmul_rn((a), (b))
+#define DMK_ADD(a, b) __fadd_rn((a), (b))
+#else
+#define DMK_MUL(a, b) ((a) * (b))
+#define DMK_ADD(a, b) ((a) + (b))
+#endif
+
 // Random123's Philox4x32 constants.
 constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
 constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
@@ -75,9 +86,21 @@ DMK_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2,
 // log x = e * ln2 + f * Q(f) with Q a degree-8 polynomial fitted (weighted least
 // squares, then rounded to float32) to log1p(f) / f on that interval: relative
 // error below 2e-7. Evaluated by Horner, one rounding per multiply and add.
-constexpr float kLogQ[9] = {1.0f,          -0.49999988079071045f, 0.3333418667316437f,
-                            -0.25002074241638184f, 0.19956833124160767f, -0.16562391817569733f,
-                            0.14952263236045837f,  -0.143668532371521f,   0.08722376823425293f};
+// Coefficient i of Q (a function, not an array: arrays at namespace scope are
+// not visible in device code).
+DMK_HOST_DEVICE constexpr float log_q(int i) {
+  switch (i) {
+    case 0: return 1.0f;
+    case 1: return -0.49999988079071045f;
+    case 2: return 0.3333418667316437f;
+    case 3: return -0.25002074241638184f;
+    case 4: return 0.19956833124160767f;
+    case 5: return -0.16562391817569733f;
+    case 6: return 0.14952263236045837f;
+    case 7: return -0.143668532371521f;
+    default: return 0.08722376823425293f;
+  }
+}
 constexpr float kLn2 = 0.693147182464599609375f;  // float32(ln 2)
 constexpr float kSqrt2 = 1.41421353816986083984375f;  // float32(sqrt 2)
 
@@ -89,19 +112,19 @@ DMK_HOST_DEVICE float log_f32(float x) {
   float m;
   std::memcpy(&m, &mbits, sizeof(m));
   if (m > kSqrt2) {
-    m = m * 0.5f;
+    m = DMK_MUL(m, 0.5f);
     e += 1;
   }
-  const float f = m - 1.0f;
-  float q = kLogQ[8];
+  const float f = DMK_ADD(m, -1.0f);
+  float q = log_q(8);
 #pragma unroll
-  for (int i = 7; i >= 0; --i) q = q * f + kLogQ[i];
-  return static_cast<float>(e) * kLn2 + f * q;
+  for (int i = 7; i >= 0; --i) q = DMK_ADD(DMK_MUL(q, f), log_q(i));
+  return DMK_ADD(DMK_MUL(static_cast<float>(e), kLn2), DMK_MUL(f, q));
 }
 
 // 23 random bits -> u in (0, 1); both steps are exact in float32.
 DMK_HOST_DEVICE float uniform_from_bits(uint32_t bits) {
-  return static_cast<float>(static_cast<int32_t>(bits >> 9)) * 0x1p-23f + 0x1p-24f;
+  return DMK_ADD(DMK_MUL(static_cast<float>(static_cast<int32_t>(bits >> 9)), 0x1p-23f), 0x1p-24f);
 }
 
 // Gumbel(0, 1) from 32 random bits.

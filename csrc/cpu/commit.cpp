@@ -2,10 +2,11 @@
 // when it is selected, still holds mask_id and has a real token (>= 0 and not
 // mask_id itself); anything already committed is left alone. `changed` marks
 // exactly the positions written, which is what a KV cache must refresh.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "../checks.h"
-#include <ATen/Parallel.h>
 
 namespace dmkernels {
 namespace {

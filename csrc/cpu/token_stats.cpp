@@ -121,8 +121,8 @@ inline __m256 log8(__m256 x) {
   m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
   e = _mm256_sub_epi32(e, _mm256_castps_si256(big));  // true lanes are -1: e + 1
   const __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
-  __m256 q = _mm256_set1_ps(kLogQ[8]);
-  for (int i = 7; i >= 0; --i) q = _mm256_add_ps(_mm256_mul_ps(q, f), _mm256_set1_ps(kLogQ[i]));
+  __m256 q = _mm256_set1_ps(log_q(8));
+  for (int i = 7; i >= 0; --i) q = _mm256_add_ps(_mm256_mul_ps(q, f), _mm256_set1_ps(log_q(i)));
   return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(e), _mm256_set1_ps(kLn2)), _mm256_mul_ps(f, q));
 }
 

@@ -1,0 +1,105 @@
+// CUDA binding of token_stats: checks, launch configuration, and the two
+// kernels of token_stats.cuh (split-V partial tuples, then an ordered merge).
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "token_stats.cuh"
+
+namespace dmkernels {
+namespace {
+
+// Element offset of every row of `logits` ([..., V], any leading strides), on
+// the device, built from small arange tensors: no copy of the logits, no sync.
+at::Tensor row_offsets(const at::Tensor& logits) {
+  auto opts = logits.options().dtype(at::kLong);
+  at::Tensor offsets = at::zeros({1}, opts);
+  for (int64_t d = 0; d < logits.dim() - 1; ++d) {
+    offsets = (offsets.unsqueeze(1) + at::arange(logits.size(d), opts).mul_(logits.stride(d)).unsqueeze(0)).reshape(-1);
+  }
+  return offsets;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
+    const at::Tensor& logits, double temperature, int64_t seed, int64_t offset, bool tempered_scores,
+    const std::optional<at::Tensor>& positions) {
+  check_token_stats_args(logits, temperature, seed, offset, positions);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t V = logits.size(-1);
+  auto row_shape = logits.sizes().vec();
+  row_shape.pop_back();
+  const int64_t rows = logits.numel() / V;
+  auto token = at::empty(row_shape, logits.options().dtype(at::kLong));
+  auto confidence = at::empty(row_shape, logits.options().dtype(at::kFloat));
+  auto margin = at::empty_like(confidence);
+  auto entropy = at::empty_like(confidence);
+  if (poison_outputs()) {
+    token.fill_(-7);
+    for (auto* t : {&confidence, &margin, &entropy}) t->fill_(12345.0);
+  }
+  if (rows == 0) return {token, confidence, margin, entropy};
+
+  const at::Tensor offsets = row_offsets(logits);
+  at::Tensor active;
+  if (positions.has_value()) active = positions->contiguous();
+
+  // Enough blocks to fill the GPU twice over, but no split smaller than one
+  // pass of the block's threads over 32-column groups.
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, logits.device().index()));
+  const int64_t min_cols = 32 * cuda::kStatsThreads;
+  const int64_t max_splits = std::max<int64_t>(1, (V + min_cols - 1) / min_cols);
+  const int64_t splits = std::min<int64_t>(max_splits, std::max<int64_t>(1, (2 * sms + rows - 1) / rows));
+  TORCH_CHECK(splits <= 65535, "dmkernels.token_stats: too many vocabulary splits");
+  cuda::StatsParams p;
+  p.rows = rows;
+  p.V = V;
+  p.splits = splits;
+  p.cols_per_split = ((V + splits - 1) / splits + 31) / 32 * 32;
+  p.sample = temperature > 0.0;
+  p.tempered_scores = tempered_scores;
+  p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
+  p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+
+  at::Tensor partial = at::empty({rows * splits * static_cast<int64_t>(sizeof(cuda::StatsTuple))},
+                                 logits.options().dtype(at::kByte));
+  auto* partial_ptr = reinterpret_cast<cuda::StatsTuple*>(partial.data_ptr());
+  const bool* active_ptr = active.defined() ? active.const_data_ptr<bool>() : nullptr;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
+  AT_DISPATCH_SWITCH(logits.scalar_type(), "token_stats_cuda",
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      cuda::token_stats_partial_kernel<float><<<grid, cuda::kStatsThreads, 0, stream>>>(
+          logits.const_data_ptr<float>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
+    })
+    AT_DISPATCH_CASE(at::kHalf, [&] {
+      cuda::token_stats_partial_kernel<at::Half><<<grid, cuda::kStatsThreads, 0, stream>>>(
+          logits.const_data_ptr<at::Half>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
+    })
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      cuda::token_stats_partial_kernel<at::BFloat16><<<grid, cuda::kStatsThreads, 0, stream>>>(
+          logits.const_data_ptr<at::BFloat16>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
+    }));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int merge_threads = 128;
+  cuda::token_stats_merge_kernel<<<static_cast<unsigned>((rows + merge_threads - 1) / merge_threads), merge_threads, 0,
+                                   stream>>>(partial_ptr, active_ptr, p, token.data_ptr<int64_t>(),
+                                             confidence.data_ptr<float>(), margin.data_ptr<float>(),
+                                             entropy.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {token, confidence, margin, entropy};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dmkernels, CUDA, m) { m.impl("token_stats", &token_stats_cuda); }
+
+}  // namespace dmkernels

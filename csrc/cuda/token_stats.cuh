@@ -1,0 +1,246 @@
+// token_stats on the GPU: device code only (no torch), compiled standalone by
+// nvcc in CI (tests/test_cuda_compile.py) and used by token_stats.cu.
+//
+// Same derivation as csrc/cpu/token_stats.cpp: per row a running maximum m,
+// S = sum exp(z - m), A = sum exp(z - m)(z - m), the top two values with the
+// first argmax, and for sampling the best perturbed value y = x / T + g with its
+// first column. These tuples merge associatively:
+//   m = max(ma, mb), S = ra Sa + rb Sb, A = ra (Aa + (ma - m) Sa) + rb (Ab + (mb - m) Sb)
+// with r = exp(m_side - m), so the vocabulary is split across blocks when there
+// are few rows (the dLLM case: a block of 32 positions times a small batch):
+// grid = rows x splits, each block reduces its slice (threads, then warps), the
+// partial tuples go to global memory, and a second kernel merges a row's splits
+// in split order (deterministic, lowest column on every tie).
+//
+// Work unit: a thread takes 32 consecutive columns at a time, one noise group
+// (noise.h), so sampling draws 8 Philox blocks for 32 columns with no waste.
+#pragma once
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+
+#include "../common/noise.h"
+
+namespace dmkernels {
+namespace cuda {
+
+constexpr int kStatsThreads = 256;
+constexpr float kExpFloor = -100.0f;  // exp(d) underflows to 0 below ~-87: avoids 0 * -inf
+
+struct StatsTuple {
+  float m;       // running maximum of the scores
+  float S, A;    // sums relative to m
+  float top1;    // == m unless NaN
+  float top2;
+  int64_t top1_col;
+  float best_y;      // best perturbed value (sampling)
+  float best_score;  // score at best_col (its probability is exp(best_score - m) / S)
+  int64_t best_col;
+  int bad;  // saw NaN or +inf
+};
+
+__host__ __device__ inline StatsTuple empty_stats() {
+  StatsTuple t;
+  t.m = -INFINITY;
+  t.S = 0.f;
+  t.A = 0.f;
+  t.top1 = -INFINITY;
+  t.top2 = -INFINITY;
+  t.top1_col = INT64_MAX;
+  t.best_y = -INFINITY;
+  t.best_score = -INFINITY;
+  t.best_col = INT64_MAX;
+  t.bad = 0;
+  return t;
+}
+
+// Does (value, col) beat (best, best_col)? Higher value, then lower column.
+__device__ __forceinline__ bool wins(float value, int64_t col, float best, int64_t best_col) {
+  return value > best || (value == best && col < best_col);
+}
+
+// Combine two tuples. Associative and, with the column tie rule, independent of
+// which side came first for the tokens; the float sums round by tree shape only.
+__device__ __forceinline__ StatsTuple combine(const StatsTuple& a, const StatsTuple& b) {
+  StatsTuple r;
+  r.bad = a.bad | b.bad;
+  r.m = fmaxf(a.m, b.m);
+  if (r.m == -INFINITY) {
+    r.S = 0.f;
+    r.A = 0.f;
+  } else {
+    const float da = a.m - r.m, db = b.m - r.m;  // <= 0; -inf when a side is empty
+    const float ra = a.S > 0.f ? expf(da) : 0.f, rb = b.S > 0.f ? expf(db) : 0.f;
+    r.S = ra * a.S + rb * b.S;
+    r.A = (a.S > 0.f ? ra * (a.A + da * a.S) : 0.f) + (b.S > 0.f ? rb * (b.A + db * b.S) : 0.f);
+  }
+  const bool a_top = wins(a.top1, a.top1_col, b.top1, b.top1_col);
+  r.top1 = a_top ? a.top1 : b.top1;
+  r.top1_col = a_top ? a.top1_col : b.top1_col;
+  r.top2 = fmaxf(fmaxf(a.top2, b.top2), a_top ? b.top1 : a.top1);
+  const bool a_best = wins(a.best_y, a.best_col, b.best_y, b.best_col);
+  r.best_y = a_best ? a.best_y : b.best_y;
+  r.best_col = a_best ? a.best_col : b.best_col;
+  r.best_score = a_best ? a.best_score : b.best_score;
+  return r;
+}
+
+__device__ __forceinline__ StatsTuple shfl_down(const StatsTuple& t, int delta) {
+  StatsTuple r;
+  r.m = __shfl_down_sync(0xffffffffu, t.m, delta);
+  r.S = __shfl_down_sync(0xffffffffu, t.S, delta);
+  r.A = __shfl_down_sync(0xffffffffu, t.A, delta);
+  r.top1 = __shfl_down_sync(0xffffffffu, t.top1, delta);
+  r.top2 = __shfl_down_sync(0xffffffffu, t.top2, delta);
+  r.top1_col = __shfl_down_sync(0xffffffffu, t.top1_col, delta);
+  r.best_y = __shfl_down_sync(0xffffffffu, t.best_y, delta);
+  r.best_score = __shfl_down_sync(0xffffffffu, t.best_score, delta);
+  r.best_col = __shfl_down_sync(0xffffffffu, t.best_col, delta);
+  r.bad = __shfl_down_sync(0xffffffffu, t.bad, delta);
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) {
+  return static_cast<float>(v);
+}
+
+struct StatsParams {
+  int64_t rows, V, splits, cols_per_split;  // cols_per_split is a multiple of 32
+  bool sample, tempered_scores;
+  float inv_temperature;
+  NoiseKey key;
+};
+
+// One block per (row, split): fold 32-column groups thread by thread, then
+// reduce the block and store one tuple per (row, split).
+// row_offset[r] is the element offset of row r (leading dims may be strided).
+template <typename T>
+__global__ void __launch_bounds__(kStatsThreads)
+    token_stats_partial_kernel(const T* __restrict__ logits, const int64_t* __restrict__ row_offset,
+                               const bool* __restrict__ active, StatsParams p, StatsTuple* __restrict__ partial) {
+  const int64_t row = blockIdx.x;
+  const int64_t split = blockIdx.y;
+  StatsTuple t = empty_stats();
+  if (active == nullptr || active[row]) {
+    const T* x = logits + row_offset[row];
+    const int64_t c_begin = split * p.cols_per_split;
+    const int64_t c_end = c_begin + p.cols_per_split < p.V ? c_begin + p.cols_per_split : p.V;
+    const bool scale_scores = p.sample && p.tempered_scores;
+    for (int64_t g0 = c_begin + 32 * static_cast<int64_t>(threadIdx.x); g0 < c_end; g0 += 32 * kStatsThreads) {
+      float z[32];
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const int64_t c = g0 + j;
+        const float v = c < c_end ? to_float(x[c]) : -INFINITY;
+        z[j] = scale_scores ? __fmul_rn(v, p.inv_temperature) : v;
+      }
+      // Top-2 and first argmax in column order; group maximum for the sums.
+      float gmax = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const float v = z[j];
+        t.bad |= (v != v) | (v == INFINITY);
+        if (v > t.top1) {
+          t.top2 = t.top1;
+          t.top1 = v;
+          t.top1_col = g0 + j;
+        } else if (v > t.top2) {
+          t.top2 = v;
+        }
+        gmax = fmaxf(gmax, v);
+      }
+      const float m_new = fmaxf(t.m, gmax);
+      if (m_new != -INFINITY && m_new != INFINITY && m_new == m_new) {
+        if (m_new > t.m && t.S > 0.f) {
+          const float d = t.m - m_new;
+          const float r = expf(d);
+          t.A = r * (t.A + d * t.S);
+          t.S = r * t.S;
+        }
+        t.m = m_new;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          const float d = fmaxf(z[j] - t.m, kExpFloor);
+          const float e = expf(d);
+          t.S += e;
+          t.A += e * d;
+        }
+      }
+      if (p.sample) {
+        // The noise is at most kGumbelBound: skip groups that cannot win.
+        float reach = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          const float base = scale_scores ? z[j] : __fmul_rn(z[j], p.inv_temperature);
+          reach = fmaxf(reach, base);
+        }
+        const float bound = t.best_y - fabsf(t.best_y) * 0x1p-20f;
+        if (__fadd_rn(reach, kGumbelBound) > bound) {
+          const uint32_t block0 = static_cast<uint32_t>((g0 / kNoiseGroup) * kNoiseBlocksPerGroup);
+#pragma unroll
+          for (int b = 0; b < 8; ++b) {
+            const Philox4x32 w = noise_block(p.key, static_cast<uint32_t>(row), block0 + b);
+#pragma unroll
+            for (int word = 0; word < 4; ++word) {
+              const int j = word * 8 + b;  // column offset inside the group (noise.h layout)
+              const float base = scale_scores ? z[j] : __fmul_rn(z[j], p.inv_temperature);
+              const float y = __fadd_rn(base, gumbel_from_bits(w.v[word]));
+              if (y > t.best_y || (y == t.best_y && g0 + j < t.best_col)) {
+                t.best_y = y;
+                t.best_col = g0 + j;
+                t.best_score = z[j];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  // Block reduction: warps by shuffles, then the warp results by warp 0.
+  __shared__ StatsTuple warp_result[kStatsThreads / 32];
+  for (int delta = 16; delta > 0; delta >>= 1) t = combine(t, shfl_down(t, delta));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_result[warp] = t;
+  __syncthreads();
+  if (warp == 0) {
+    t = lane < kStatsThreads / 32 ? warp_result[lane] : empty_stats();
+    for (int delta = 16; delta > 0; delta >>= 1) t = combine(t, shfl_down(t, delta));
+    if (lane == 0) partial[row * p.splits + split] = t;
+  }
+}
+
+// One thread per row: merge the row's splits in order and write the outputs.
+__global__ void token_stats_merge_kernel(const StatsTuple* __restrict__ partial, const bool* __restrict__ active,
+                                         StatsParams p, int64_t* __restrict__ token, float* __restrict__ confidence,
+                                         float* __restrict__ margin, float* __restrict__ entropy) {
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (row >= p.rows) return;
+  if (active != nullptr && !active[row]) {
+    token[row] = -1;
+    confidence[row] = -INFINITY;
+    margin[row] = -INFINITY;
+    entropy[row] = INFINITY;
+    return;
+  }
+  StatsTuple t = partial[row * p.splits];
+  for (int64_t s = 1; s < p.splits; ++s) t = combine(t, partial[row * p.splits + s]);
+  if (t.bad || !(t.m > -INFINITY)) {  // NaN, +inf, or only -inf: no distribution
+    token[row] = -1;
+    confidence[row] = NAN;
+    margin[row] = NAN;
+    entropy[row] = NAN;
+    return;
+  }
+  const double S = t.S, A = t.A, m = t.m;
+  const double token_score = p.sample ? static_cast<double>(t.best_score) : m;
+  token[row] = p.sample ? t.best_col : t.top1_col;
+  confidence[row] = static_cast<float>(exp(token_score - m) / S);
+  margin[row] = static_cast<float>((1.0 - exp(static_cast<double>(t.top2) - m)) / S);
+  const double h = log(S) - A / S;
+  entropy[row] = static_cast<float>(h > 0.0 ? h : 0.0);
+}
+
+}  // namespace cuda
+}  // namespace dmkernels
