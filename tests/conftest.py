@@ -1,9 +1,15 @@
 """Test setup: poison the compiled kernels' outputs (see csrc/checks.h) so an
-unwritten element fails, and give every test a fresh, seeded random stream."""
+unwritten element fails, run Triton in its interpreter where there is no GPU,
+and give every test a fresh, seeded random stream."""
 import os
+import shutil
 import zlib
 
 os.environ.setdefault("DMKERNELS_POISON_OUTPUTS", "1")
+# Without a GPU, Triton kernels run in its interpreter on CPU tensors; the
+# variable must be set before triton is first imported.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
