@@ -60,7 +60,8 @@ inline void check_eligible(const char* op, const at::Tensor& eligible, const at:
 }
 
 inline void check_token_stats_args(const at::Tensor& logits, double temperature, int64_t seed,
-                                   int64_t offset, const std::optional<at::Tensor>& positions) {
+                                   int64_t offset, const std::optional<at::Tensor>& positions,
+                                   const std::optional<at::Tensor>& rng) {
   const char* op = "token_stats";
   TORCH_CHECK(logits.dim() >= 1, "dmkernels.token_stats: logits must have a vocabulary dim [..., V]");
   check_dtype(op, "logits", logits, {at::kFloat, at::kBFloat16, at::kHalf});
@@ -82,6 +83,11 @@ inline void check_token_stats_args(const at::Tensor& logits, double temperature,
     check_same_device(op, "positions", pos, logits, "logits");
     check_dtype(op, "positions", pos, {at::kBool});
     check_shape(op, "positions", pos, logits.sizes().slice(0, logits.dim() - 1), "logits.shape[:-1]");
+  }
+  if (rng.has_value()) {
+    check_same_device(op, "rng", *rng, logits, "logits");
+    check_dtype(op, "rng", *rng, {at::kLong});
+    check_shape(op, "rng", *rng, {2}, "(seed, offset)");
   }
 }
 

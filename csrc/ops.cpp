@@ -16,9 +16,11 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(dmkernels, m) {
   // Per-row argmax (temperature 0) or Gumbel-max sample, with the probability of
   // that token, the top-1 minus top-2 probability and the entropy, in one pass.
+  // `rng` (int64 [2] = seed, offset, on the logits' device) overrides the ints:
+  // a CUDA graph reads it at replay, so bumping rng[1] in place draws fresh noise.
   m.def(
       "token_stats(Tensor logits, float temperature, int seed, int offset, bool tempered_scores, "
-      "Tensor? positions) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? positions, Tensor? rng=None) -> (Tensor, Tensor, Tensor, Tensor)");
   // Per row: the min(k[b], #eligible) eligible positions with the highest scores.
   m.def("select_topk(Tensor scores, Tensor k, Tensor eligible) -> Tensor");
   // Fast-dLLM threshold rule: eligible with score >= threshold, at least the best.

@@ -9,7 +9,7 @@ from . import _extension
 
 def _register() -> None:
     @torch.library.register_fake("dmkernels::token_stats")
-    def _token_stats(logits, temperature, seed, offset, tempered_scores, positions):
+    def _token_stats(logits, temperature, seed, offset, tempered_scores, positions, rng=None):
         rows = logits.shape[:-1]
         scores = [logits.new_empty(rows, dtype=torch.float32) for _ in range(3)]
         return (logits.new_empty(rows, dtype=torch.int64), *scores)

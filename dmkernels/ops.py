@@ -101,6 +101,7 @@ def token_stats(
     offset: int = 0,
     positions: torch.Tensor | None = None,
     tempered_scores: bool = False,
+    rng: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> TokenStats:
     """Token choice and its scores for every position, in one pass over the vocabulary.
@@ -126,6 +127,10 @@ def token_stats(
         Which distribution the scores describe when T > 0. False (default, LLaDA):
         ``softmax(x)``; True (Dream): ``softmax(x / T)``, the one sampled from.
         At T = 0 the scores always describe ``softmax(x)``.
+    rng : int64 Tensor [2], optional
+        ``(seed, offset)`` on the logits' device, overriding ``seed`` and
+        ``offset``. The kernels read it on the device, so a step captured in a
+        CUDA graph draws fresh noise on every replay after ``rng[1] += 1``.
     backend : {None, "auto", "native", "triton", "reference"}
         Which implementation runs (every op takes this keyword). None reads
         DMKERNELS_BACKEND, else "auto": the compiled kernel for the tensor's
@@ -142,6 +147,12 @@ def token_stats(
     logits = check.logits(op, logits)
     temperature = check.number(op, "temperature", temperature, minimum=0.0)
     offset = check.integer(op, "offset", offset, minimum=0)
+    if rng is not None:
+        rng = check.tensor(op, "rng", rng)
+        check.same_device(op, "rng", rng, logits, "logits")
+        check.dtype(op, "rng", rng, (torch.int64,))
+        check.shape(op, "rng", rng, (2,), "(seed, offset)")
+        seed = 0 if seed is None else seed  # unused: rng wins
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item()) if temperature > 0 else 0
     seed = check.integer(op, "seed", seed, minimum=0)
@@ -151,11 +162,15 @@ def token_stats(
         check.dtype(op, "positions", positions, (torch.bool,))
         check.shape(op, "positions", positions, logits.shape[:-1], "logits.shape[:-1]")
     tempered_scores = bool(tempered_scores)
-    def reference(logits, temperature, seed, offset, tempered_scores, positions):
+    def reference(logits, temperature, seed, offset, tempered_scores, positions, rng=None):
+        if rng is not None:  # the reference reads it on the host
+            seed, offset = (int(v) for v in rng.tolist())
+            if seed < 0 or offset < 0:
+                check.fail(op, f"rng must hold (seed, offset) >= 0, got {(seed, offset)}")
         return token_stats_reference(logits, temperature=temperature, seed=seed, offset=offset,
                                      positions=positions, tempered_scores=tempered_scores)
 
-    args = (logits, temperature, seed, offset, tempered_scores, positions)
+    args = (logits, temperature, seed, offset, tempered_scores, positions) + (() if rng is None else (rng,))
     return TokenStats(*_run(op, logits.device, backend, args, reference))
 
 

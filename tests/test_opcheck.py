@@ -24,6 +24,7 @@ def _cases():
         ("token_stats", (logits, 0.0, 0, 0, False, None)),
         ("token_stats", (logits.bfloat16(), 0.7, 3, 2, True, torch.rand(3, 5) < 0.5)),
         ("token_stats", (logits[:, :, :30], 1.0, 1, 0, False, None)),
+        ("token_stats", (logits, 1.0, 0, 0, False, None, torch.tensor([5, 2]))),
         ("select_topk", (scores, torch.tensor([0, 3, 19, 2]), eligible)),
         ("select_threshold", (scores, eligible, 0.5)),
         ("select_factor", (scores, eligible, 1.0)),

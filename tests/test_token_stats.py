@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -194,3 +195,25 @@ class TestSampling:
         logits[:, ::2] = -math.inf
         token = dmkernels.token_stats(logits, temperature=5.0, seed=1).token
         assert (token % 2 == 1).all()
+
+
+class TestRngTensor:
+    def test_rng_tensor_equals_the_ints_and_is_read_at_call_time(self):
+        logits = random_logits((5, 9, 211), scale=0.5)
+        rng = torch.tensor([77, 3])
+        a = dmkernels.token_stats(logits, temperature=1.0, rng=rng)
+        assert torch.equal(a.token, dmkernels.token_stats(logits, temperature=1.0, seed=77, offset=3).token)
+        assert torch.equal(a.token, dmkernels.token_stats(logits, temperature=1.0, rng=rng, backend="reference").token)
+        rng[1] += 1  # what a CUDA graph replay loop does between steps
+        b = dmkernels.token_stats(logits, temperature=1.0, rng=rng)
+        assert torch.equal(b.token, dmkernels.token_stats(logits, temperature=1.0, seed=77, offset=4).token)
+        assert (a.token != b.token).any()
+
+    def test_bad_rng_is_named(self):
+        logits = random_logits((2, 11))
+        for bad, word in [(torch.tensor([1, 2, 3]), "shape"), (torch.tensor([1.0, 2.0]), "int64"),
+                          (torch.tensor([-1, 0]), ">= 0")]:
+            with pytest.raises((ValueError, TypeError, RuntimeError), match=f"rng.*{re.escape(word)}"):
+                dmkernels.token_stats(logits, temperature=1.0, rng=bad)
+            with pytest.raises(RuntimeError, match=f"rng.*{re.escape(word)}"):
+                torch.ops.dmkernels.token_stats(logits, 1.0, 0, 0, False, None, bad)

@@ -293,8 +293,15 @@ RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* bu
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cpu(
     const at::Tensor& logits, double temperature, int64_t seed, int64_t offset,
-    bool tempered_scores, const std::optional<at::Tensor>& positions) {
-  check_token_stats_args(logits, temperature, seed, offset, positions);
+    bool tempered_scores, const std::optional<at::Tensor>& positions, const std::optional<at::Tensor>& rng) {
+  check_token_stats_args(logits, temperature, seed, offset, positions, rng);
+  if (rng.has_value()) {  // a CPU tensor: reading it is free
+    const at::Tensor r = rng->contiguous();
+    seed = r.const_data_ptr<int64_t>()[0];
+    offset = r.const_data_ptr<int64_t>()[1];
+    TORCH_CHECK(seed >= 0 && offset >= 0, "dmkernels.token_stats: rng must hold (seed, offset) >= 0, got (", seed,
+                ", ", offset, ")");
+  }
   const int64_t V = logits.size(-1);
   auto row_shape = logits.sizes().vec();
   row_shape.pop_back();

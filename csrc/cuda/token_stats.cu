@@ -30,8 +30,8 @@ at::Tensor row_offsets(const at::Tensor& logits) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
     const at::Tensor& logits, double temperature, int64_t seed, int64_t offset, bool tempered_scores,
-    const std::optional<at::Tensor>& positions) {
-  check_token_stats_args(logits, temperature, seed, offset, positions);
+    const std::optional<at::Tensor>& positions, const std::optional<at::Tensor>& rng) {
+  check_token_stats_args(logits, temperature, seed, offset, positions, rng);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t V = logits.size(-1);
   auto row_shape = logits.sizes().vec();
@@ -68,6 +68,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
   p.tempered_scores = tempered_scores;
   p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
   p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+  at::Tensor rng_device;
+  if (rng.has_value()) rng_device = rng->contiguous();
+  p.rng = rng_device.defined() ? rng_device.const_data_ptr<int64_t>() : nullptr;
 
   at::Tensor partial = at::empty({rows * splits * static_cast<int64_t>(sizeof(cuda::StatsTuple))},
                                  logits.options().dtype(at::kByte));

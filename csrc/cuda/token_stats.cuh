@@ -111,6 +111,7 @@ struct StatsParams {
   bool sample, tempered_scores;
   float inv_temperature;
   NoiseKey key;
+  const int64_t* rng;  // device (seed, offset) overriding `key` when set (CUDA graphs)
 };
 
 // One block per (row, split): fold 32-column groups thread by thread, then
@@ -128,6 +129,8 @@ __global__ void __launch_bounds__(kStatsThreads)
     const int64_t c_begin = split * p.cols_per_split;
     const int64_t c_end = c_begin + p.cols_per_split < p.V ? c_begin + p.cols_per_split : p.V;
     const bool scale_scores = p.sample && p.tempered_scores;
+    const NoiseKey key = p.rng != nullptr ? make_noise_key(static_cast<uint64_t>(p.rng[0]), static_cast<uint64_t>(p.rng[1]))
+                                          : p.key;
     for (int64_t g0 = c_begin + 32 * static_cast<int64_t>(threadIdx.x); g0 < c_end; g0 += 32 * kStatsThreads) {
       float z[32];
 #pragma unroll
@@ -181,7 +184,7 @@ __global__ void __launch_bounds__(kStatsThreads)
           const uint32_t block0 = static_cast<uint32_t>((g0 / kNoiseGroup) * kNoiseBlocksPerGroup);
 #pragma unroll
           for (int b = 0; b < 8; ++b) {
-            const Philox4x32 w = noise_block(p.key, static_cast<uint32_t>(row), block0 + b);
+            const Philox4x32 w = noise_block(key, static_cast<uint32_t>(row), block0 + b);
 #pragma unroll
             for (int word = 0; word < 4; ++word) {
               const int j = word * 8 + b;  // column offset inside the group (noise.h layout)
