@@ -34,15 +34,29 @@ inline void check_shape(const char* op, const char* name, const at::Tensor& t,
               expected, " (", expected_from, "), got ", t.sizes());
 }
 
+// dtype names as Python writes them (torch.int64, not Long), to match the wrappers' messages.
+inline std::string dtype_name(at::ScalarType s) {
+  switch (s) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kBool: return "bool";
+    default: return c10::toString(s);
+  }
+}
+
 inline void check_dtype(const char* op, const char* name, const at::Tensor& t,
                         std::initializer_list<at::ScalarType> allowed) {
   for (auto s : allowed) {
     if (t.scalar_type() == s) return;
   }
   std::string names;
-  for (auto s : allowed) names += std::string(names.empty() ? "" : ", ") + c10::toString(s);
+  for (auto s : allowed) names += (names.empty() ? "" : ", ") + dtype_name(s);
   TORCH_CHECK(false, "dmkernels.", op, ": ", name, " must be one of (", names, "), got ",
-              t.scalar_type());
+              dtype_name(t.scalar_type()));
 }
 
 // [B, L] scores of a selection op; returns nothing, throws on the first problem.
