@@ -1,0 +1,410 @@
+"""token_stats in Triton: ``torch.ops.dmkernels_triton.token_stats``.
+
+The same op as ``torch.ops.dmkernels.token_stats`` (csrc/ops.cpp, semantics in
+dmkernels/reference/token_stats.py): one pass over the vocabulary of each row
+keeps the running maximum m, ``S = sum exp(z - m)``, ``A = sum exp(z - m)(z - m)``
+(rescaled when m grows), the top value with its first column, the second value,
+and when sampling the best perturbed value ``x * float32(1/T) + g`` with its first
+column (g: the shared noise of csrc/common/noise.h, dmkernels/triton/noise.py).
+Then ``p(top) = 1 / S``, ``entropy = log S - A / S``,
+``margin = (1 - exp(top2 - m)) / S`` (derivation in csrc/cpu/token_stats.cpp).
+
+A program walks its columns in tiles of BLOCK_V with scalar running state; per
+tile it does three reductions: (max, first index), the maximum of the others,
+and (sum e, sum e * d) as one joined reduction. A NaN logit needs no reduction of
+its own: it makes S NaN. Sampling adds one (max, first index) reduction on the
+tiles that draw noise; a tile whose ``max x / T + 17`` cannot beat the best
+perturbed value so far skips its noise (the noise is bounded, noise.h), so peaked
+rows draw noise for few tiles. The noise kernels run with enable_fp_fusion=False.
+
+Few rows with a large V (the dLLM case: 32 to 256 rows of 126464) do not fill a
+GPU with one program per row, so the vocabulary is split: program (row, split)
+reduces columns [split * chunk, (split + 1) * chunk) (chunk a whole number of
+tiles) to a partial tuple (m, S, A, top1 column, top2, best perturbed value, its
+column, NaN seen), stored as float32 [8, rows * splits], and a second kernel, one
+program per row, merges the ``splits`` tuples:
+
+  M = max m_k,  S = sum_k exp(m_k - M) S_k,  A = sum_k exp(m_k - M) (A_k + (m_k - M) S_k)
+  top1 column = that of the first split with m_k == M (splits hold increasing columns,
+  and each split keeps its first maximum, so this is the lowest column overall);
+  top2 = max(top2_k over all k, m_k over the other splits) (two splits sharing the
+  maximum give top2 = top1: margin 0);
+  sample = the lowest column among the splits whose best perturbed value is the maximum;
+  NaN seen = any split saw one.
+
+Splits whose slice is all -inf have m_k = -inf and S_k = A_k = 0 exactly and are
+left out of the sums (no 0 * inf). With one split the first kernel finishes the
+row itself. The logits are read in place through row strides, never copied.
+"""
+import contextlib
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _checks as check
+from ..reference.token_stats import inverse_temperature
+from .noise import GUMBEL_BOUND, gumbel, noise_bits_tile, split_u64
+
+_OP = "token_stats"
+# Partial tuple fields, stored as float32 (columns < 2^24 are exact).
+_FIELDS = 8  # m, S, A, top1 column, top2, best y, best column, NaN seen
+# Tests may force the tile width (a power of two >= 32) and the number of
+# vocabulary splits (None: chosen from V and the row count).
+BLOCK_V_OVERRIDE: Optional[int] = None
+SPLITS_OVERRIDE: Optional[int] = None
+
+
+def _interpreting() -> bool:
+    """Whether the kernels were built for the interpreter (TRITON_INTERPRET=1 when
+    this module was imported): then they take CPU tensors."""
+    return type(_token_stats_kernel).__name__ == "InterpretedFunction"
+
+
+def _poison() -> bool:
+    return os.environ.get("DMKERNELS_POISON_OUTPUTS", "") == "1"
+
+
+@triton.jit
+def _row_offset(row, rowoff_ptr, size1, size2, size3, stride0, stride1, stride2, stride3,
+                USE_ROWOFF: tl.constexpr):
+    """Element offset of flat row ``row`` (int64) over up to 4 coalesced leading dims,
+    or looked up in a table when there are more."""
+    if USE_ROWOFF:
+        off = tl.load(rowoff_ptr + row)
+    else:
+        i3 = row % size3
+        r = row // size3
+        i2 = r % size2
+        r = r // size2
+        i1 = r % size1
+        i0 = r // size1
+        off = i0 * stride0 + i1 * stride1 + i2 * stride2 + i3 * stride3
+    return off
+
+
+@triton.jit
+def _finish(row, active, bad, m, S, A, top1_col, top2, best_col, xrow_ptr, inv_t,
+            tok_ptr, conf_ptr, marg_ptr, ent_ptr, SAMPLE: tl.constexpr, TEMPERED: tl.constexpr):
+    """Scores of one row from its merged tuple; writes the four outputs."""
+    valid = active & (bad == 0) & (m > float("-inf")) & (m < float("inf"))
+    if SAMPLE:
+        token = best_col
+        xt = tl.load(xrow_ptr + tl.where(valid, token, 0), mask=valid, other=0.0).to(tl.float32)
+        if TEMPERED:
+            zt = xt * inv_t
+        else:
+            zt = xt
+    else:
+        token = top1_col
+        zt = m
+    m_safe = tl.where(valid, m, 0.0)
+    S_safe = tl.where(valid, S, 1.0)
+    conf = tl.exp(zt - m_safe) / S_safe
+    margin = (1.0 - tl.exp(top2 - m_safe)) / S_safe
+    ent = tl.maximum(tl.log(S_safe) - tl.where(valid, A, 0.0) / S_safe, 0.0)
+    nan = float("nan")
+    token = tl.where(valid, token, -1)
+    conf = tl.where(valid, conf, nan)
+    margin = tl.where(valid, margin, nan)
+    ent = tl.where(valid, ent, nan)
+    token = tl.where(active, token, -1)
+    conf = tl.where(active, conf, float("-inf"))
+    margin = tl.where(active, margin, float("-inf"))
+    ent = tl.where(active, ent, float("inf"))
+    tl.store(tok_ptr + row, token.to(tl.int64))
+    tl.store(conf_ptr + row, conf)
+    tl.store(marg_ptr + row, margin)
+    tl.store(ent_ptr + row, ent)
+
+
+# Seeds and offsets are plain runtime values (no recompile, no constexpr 1).
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
+def _token_stats_kernel(
+    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, rng_ptr,
+    n_parts, V, chunk, size1, size2, size3, stride0, stride1, stride2, stride3,
+    inv_t, seed_lo, seed_hi, offset_lo, offset_hi,
+    SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, HAS_POS: tl.constexpr, USE_ROWOFF: tl.constexpr,
+    HAS_RNG: tl.constexpr, FINAL: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    G: tl.constexpr = BLOCK_V // 32
+    start = split * chunk  # whole tiles: every tile starts on a noise group (32 columns)
+    end = tl.minimum(start + chunk, V)
+    if HAS_POS:
+        active = tl.load(pos_ptr + row).to(tl.int1)
+    else:
+        active = row >= 0
+    n_tiles = tl.where(active, tl.cdiv(end - start, BLOCK_V), 0)
+    xrow_ptr = x_ptr + _row_offset(row, rowoff_ptr, size1, size2, size3, stride0, stride1, stride2, stride3,
+                                   USE_ROWOFF)
+    if SAMPLE and HAS_RNG:
+        # (seed, offset) read on the device (CUDA graphs), as uint64 words.
+        rng_seed = tl.load(rng_ptr)
+        rng_offset = tl.load(rng_ptr + 1)
+        seed_lo = rng_seed.to(tl.uint32)
+        seed_hi = (rng_seed >> 32).to(tl.uint32)
+        offset_lo = rng_offset.to(tl.uint32)
+        offset_hi = (rng_offset >> 32).to(tl.uint32)
+    offs = tl.arange(0, BLOCK_V)
+    NEG_INF: tl.constexpr = float("-inf")
+
+    m = tl.full((), NEG_INF, tl.float32)  # running maximum (= top1)
+    S = tl.zeros((), tl.float32)
+    A = tl.zeros((), tl.float32)
+    top1_col = tl.zeros((), tl.int32)
+    top2 = tl.full((), NEG_INF, tl.float32)
+    best_y = tl.full((), NEG_INF, tl.float32)
+    best_col = tl.zeros((), tl.int32)
+    for t in range(n_tiles):
+        col0 = start + t * BLOCK_V
+        cols = col0 + offs
+        x = tl.load(xrow_ptr + cols, mask=cols < end, other=NEG_INF).to(tl.float32)
+        if SAMPLE and TEMPERED:
+            z = x * inv_t
+        else:
+            z = x
+        # Tile top two; the first column of the maximum (earlier tiles win ties).
+        tmax, tidx = tl.max(z, axis=0, return_indices=True, return_indices_tie_break_left=True)
+        tsecond = tl.max(tl.where(offs == tidx, NEG_INF, z), axis=0)
+        grows = tmax > m
+        top2 = tl.where(grows, tl.maximum(m, tsecond), tl.maximum(top2, tmax))
+        top1_col = tl.where(grows, col0 + tidx, top1_col)
+        # Exp sums against the new maximum. -inf entries add exactly 0; a NaN entry
+        # makes S NaN (how a NaN row is detected: no extra reduction).
+        m_new = tl.maximum(m, tmax)
+        had = m > NEG_INF
+        shift = tl.where(had, m - m_new, 0.0)
+        r = tl.where(had, tl.exp(shift), 0.0)
+        neg_inf = z == NEG_INF
+        d = tl.where(neg_inf, 0.0, z - m_new)
+        e = tl.where(neg_inf, 0.0, tl.exp(d))
+        sums = tl.sum(tl.join(e, e * d), axis=0)  # one reduction for both sums
+        tile_S, tile_A = tl.split(sums)
+        A = r * (A + shift * S) + tile_A
+        S = r * S + tile_S
+        m = m_new
+        if SAMPLE:
+            # Noise only where a column could still win: g <= GUMBEL_BOUND (noise.h),
+            # with slack for the rounding of y at large |y|; later columns lose ties.
+            # max(x) * inv_t == max(x * inv_t): rounding is monotonic.
+            if TEMPERED:
+                reach = tmax
+            else:
+                reach = tmax * inv_t
+            bound = best_y - tl.abs(best_y) * 9.5367431640625e-07
+            if reach + GUMBEL_BOUND > bound:
+                if TEMPERED:
+                    zs = z
+                else:
+                    zs = x * inv_t
+                bits = noise_bits_tile(col0 // 32, G, row, seed_lo, seed_hi, offset_lo, offset_hi)
+                y = zs + tl.reshape(gumbel(bits), [BLOCK_V])
+                ty, yidx = tl.max(y, axis=0, return_indices=True, return_indices_tie_break_left=True)
+                better = ty > best_y
+                best_col = tl.where(better, col0 + yidx, best_col)
+                best_y = tl.where(better, ty, best_y)
+    bad = (S != S).to(tl.int32)
+
+    if FINAL:
+        _finish(row, active, bad, m, S, A, top1_col, top2, best_col, xrow_ptr, inv_t,
+                tok_ptr, conf_ptr, marg_ptr, ent_ptr, SAMPLE, TEMPERED)
+    else:
+        p = part_ptr + row * n_splits + split
+        tl.store(p, m)
+        tl.store(p + n_parts, S)
+        tl.store(p + 2 * n_parts, A)
+        tl.store(p + 3 * n_parts, top1_col.to(tl.float32))
+        tl.store(p + 4 * n_parts, top2)
+        tl.store(p + 5 * n_parts, best_y)
+        tl.store(p + 6 * n_parts, best_col.to(tl.float32))
+        tl.store(p + 7 * n_parts, bad.to(tl.float32))
+
+
+@triton.jit
+def _merge_kernel(
+    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr,
+    n_parts, n_splits, size1, size2, size3, stride0, stride1, stride2, stride3, inv_t,
+    SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, HAS_POS: tl.constexpr, USE_ROWOFF: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    k = tl.arange(0, BLOCK_S)
+    kmask = k < n_splits
+    p = part_ptr + row * n_splits + k
+    m_k = tl.load(p, mask=kmask, other=float("-inf"))
+    S_k = tl.load(p + n_parts, mask=kmask, other=0.0)
+    A_k = tl.load(p + 2 * n_parts, mask=kmask, other=0.0)
+    c1_k = tl.load(p + 3 * n_parts, mask=kmask, other=0.0).to(tl.int32)
+    t2_k = tl.load(p + 4 * n_parts, mask=kmask, other=float("-inf"))
+    by_k = tl.load(p + 5 * n_parts, mask=kmask, other=float("-inf"))
+    bc_k = tl.load(p + 6 * n_parts, mask=kmask, other=0.0).to(tl.int32)
+    bad = tl.max(tl.load(p + 7 * n_parts, mask=kmask, other=0.0), axis=0).to(tl.int32)
+    if HAS_POS:
+        active = tl.load(pos_ptr + row).to(tl.int1)
+    else:
+        active = row >= 0
+    BIG: tl.constexpr = 2147483647
+
+    M = tl.max(m_k, axis=0)
+    live = m_k > float("-inf")  # all -inf slices have S = A = 0: leave them out
+    shift = tl.where(live, m_k - M, 0.0)
+    r = tl.where(live, tl.exp(shift), 0.0)
+    S = tl.sum(r * S_k, axis=0)
+    A = tl.sum(tl.where(live, r * (A_k + shift * S_k), 0.0), axis=0)
+    first = tl.min(tl.where(m_k == M, k, BIG), axis=0)
+    top1_col = tl.min(tl.where(k == first, c1_k, BIG), axis=0)
+    top2 = tl.maximum(tl.max(t2_k, axis=0), tl.max(tl.where(k == first, float("-inf"), m_k), axis=0))
+    best_y = tl.max(by_k, axis=0)
+    best_col = tl.min(tl.where(kmask & (by_k == best_y), bc_k, BIG), axis=0)
+
+    xrow_ptr = x_ptr + _row_offset(row, rowoff_ptr, size1, size2, size3, stride0, stride1, stride2, stride3,
+                                   USE_ROWOFF)
+    _finish(row, active, bad, M, S, A, top1_col, top2, best_col, xrow_ptr, inv_t,
+            tok_ptr, conf_ptr, marg_ptr, ent_ptr, SAMPLE, TEMPERED)
+
+
+_sm_counts: dict = {}
+
+
+def _target_programs(device: torch.device) -> int:
+    """Programs that fill the device: several waves of a few resident programs per
+    SM on a GPU; a handful under the interpreter (so that CPU tests split the
+    vocabulary of small batches too)."""
+    if device.type != "cuda":
+        return 4
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _sm_counts:
+        _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return 8 * _sm_counts[index]
+
+
+def _plan(rows: int, V: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_V, chunk, splits): tile width, columns per split (whole tiles, so only
+    the last tile of the row is partial), number of splits."""
+    block_max = 4096 if device.type == "cuda" else 1024
+    BLOCK_V = BLOCK_V_OVERRIDE or max(32, min(block_max, triton.next_power_of_2(V)))
+    tiles = triton.cdiv(V, BLOCK_V)
+    splits = SPLITS_OVERRIDE
+    if splits is None:
+        splits = triton.cdiv(_target_programs(device), rows) if rows else 1
+    tiles_per_split = triton.cdiv(tiles, max(1, min(int(splits), tiles)))
+    chunk = tiles_per_split * BLOCK_V
+    return BLOCK_V, chunk, triton.cdiv(V, chunk)
+
+
+def _on_device(device: torch.device):
+    """Launch on the tensor's GPU, not the current one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _lead_layout(logits: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Coalesced (sizes, strides) of the leading dims, size-1 dims dropped."""
+    dims = [(s, st) for s, st in zip(logits.shape[:-1], logits.stride()[:-1]) if s != 1]
+    out: list[list[int]] = []
+    for size, stride in dims:
+        if out and out[-1][1] == stride * size:
+            out[-1] = [out[-1][0] * size, stride]
+        else:
+            out.append([size, stride])
+    return [s for s, _ in out], [st for _, st in out]
+
+
+@torch.library.custom_op("dmkernels_triton::token_stats", mutates_args=())
+def token_stats(
+    logits: torch.Tensor,
+    temperature: float,
+    seed: int,
+    offset: int,
+    tempered_scores: bool,
+    positions: Optional[torch.Tensor],
+    rng: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """See dmkernels.token_stats. ``rng`` (int64 [2] = seed, offset, on the logits'
+    device) overrides ``seed`` and ``offset`` and is read by the kernel, not the host."""
+    logits = check.logits(_OP, logits)
+    temperature = check.number(_OP, "temperature", temperature, minimum=0.0)
+    seed = check.integer(_OP, "seed", seed, minimum=0)
+    offset = check.integer(_OP, "offset", offset, minimum=0)
+    lead = logits.shape[:-1]
+    V = logits.shape[-1]
+    rows = logits.numel() // V
+    if rows >= 2**31:
+        check.fail(_OP, "logits has 2^31 rows or more (the Triton grid limit)")
+    if positions is not None:
+        check.same_device(_OP, "positions", positions, logits, "logits")
+        check.dtype(_OP, "positions", positions, (torch.bool,))
+        check.shape(_OP, "positions", positions, lead, "logits.shape[:-1]")
+    if rng is not None:
+        check.same_device(_OP, "rng", rng, logits, "logits")
+        check.dtype(_OP, "rng", rng, (torch.int64,))
+        check.shape(_OP, "rng", rng, (2,), "(seed, offset)")
+        if rng.device.type == "cpu":  # free to read on the host, as the CPU kernel does
+            rng_seed, rng_offset = (int(v) for v in rng.tolist())
+            if rng_seed < 0 or rng_offset < 0:
+                check.fail(_OP, f"rng must hold (seed, offset) >= 0, got {(rng_seed, rng_offset)}")
+        rng = rng.contiguous()  # 2 elements
+    if logits.device.type == "cpu" and not _interpreting():
+        check.fail(_OP, "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 before importing "
+                   "dmkernels.triton.token_stats)")
+
+    token = torch.empty(lead, dtype=torch.int64, device=logits.device)
+    conf, margin, ent = (torch.empty(lead, dtype=torch.float32, device=logits.device) for _ in range(3))
+    if _poison():
+        token.fill_(-7)
+        for t in (conf, margin, ent):
+            t.fill_(12345.0)
+    if rows == 0:
+        return token, conf, margin, ent
+
+    sample = temperature > 0.0
+    inv_t = inverse_temperature(temperature) if sample else 1.0
+    seed_lo, seed_hi = split_u64(seed)
+    offset_lo, offset_hi = split_u64(offset)
+    pos = positions.reshape(-1) if positions is not None else token  # tiny: [rows] bools
+    sizes, strides = _lead_layout(logits)
+    rowoff = token  # unused placeholder pointer
+    if len(sizes) > 4:
+        # More than 4 leading dims that do not coalesce: a table of row offsets ([rows] int64).
+        rowoff = torch.zeros((), dtype=torch.int64, device=logits.device)
+        for size, stride in zip(sizes, strides):
+            rowoff = (rowoff.unsqueeze(-1) + torch.arange(size, device=logits.device) * stride)
+        rowoff = rowoff.reshape(-1)
+        sizes, strides = [], []
+    sizes = [1] * (4 - len(sizes)) + sizes
+    strides = [0] * (4 - len(strides)) + strides
+    layout = (sizes[1], sizes[2], sizes[3], *strides)
+    flags = dict(SAMPLE=sample, TEMPERED=bool(tempered_scores) and sample, HAS_POS=positions is not None,
+                 USE_ROWOFF=rowoff is not token)
+    rng_ptr = rng if rng is not None else token  # placeholder when absent
+
+    BLOCK_V, chunk, splits = _plan(rows, V, logits.device)
+    n_parts = rows * splits
+    # Partial tuples only when the vocabulary is split (else an unused placeholder).
+    part = torch.empty(_FIELDS, n_parts, dtype=torch.float32, device=logits.device) if splits > 1 else conf
+    num_warps = 8 if BLOCK_V >= 4096 else 4
+    with _on_device(logits.device):
+        _token_stats_kernel[(rows, splits)](
+            logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr,
+            n_parts, V, chunk, *layout, inv_t, seed_lo, seed_hi, offset_lo, offset_hi,
+            HAS_RNG=rng is not None, FINAL=splits == 1, BLOCK_V=BLOCK_V, num_warps=num_warps,
+            enable_fp_fusion=False, **flags,
+        )
+        if splits > 1:
+            _merge_kernel[(rows,)](
+                logits, pos, rowoff, token, conf, margin, ent, part,
+                n_parts, splits, *layout, inv_t,
+                BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=1, enable_fp_fusion=False, **flags,
+            )
+    return token, conf, margin, ent
+
+
+@token_stats.register_fake
+def _token_stats_fake(logits, temperature, seed, offset, tempered_scores, positions, rng=None):
+    lead = logits.shape[:-1]
+    scores = [logits.new_empty(lead, dtype=torch.float32) for _ in range(3)]
+    return (logits.new_empty(lead, dtype=torch.int64), *scores)
