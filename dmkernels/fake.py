@@ -14,8 +14,9 @@ def _register() -> None:
         scores = [logits.new_empty(rows, dtype=torch.float32) for _ in range(3)]
         return (logits.new_empty(rows, dtype=torch.int64), *scores)
 
+    # The kernels return contiguous outputs whatever the inputs' strides.
     def _selection(ref):
-        return torch.empty_like(ref, dtype=torch.bool)
+        return ref.new_empty(ref.shape, dtype=torch.bool)
 
     torch.library.register_fake("dmkernels::select_topk")(lambda scores, k, eligible: _selection(eligible))
     torch.library.register_fake("dmkernels::select_threshold")(lambda scores, eligible, threshold: _selection(eligible))
@@ -27,7 +28,7 @@ def _register() -> None:
 
     @torch.library.register_fake("dmkernels::commit_")
     def _commit(x, token, select, mask_id):
-        return torch.empty_like(select), x.new_empty((x.shape[0],), dtype=torch.int64)
+        return select.new_empty(select.shape), x.new_empty((x.shape[0],), dtype=torch.int64)
 
 
 if _extension.LOADED:

@@ -26,6 +26,7 @@ def _cases():
         ("token_stats", (logits[:, :, :30], 1.0, 1, 0, False, None)),
         ("token_stats", (logits, 1.0, 0, 0, False, None, torch.tensor([5, 2]))),
         ("select_topk", (scores, torch.tensor([0, 3, 19, 2]), eligible)),
+        ("select_topk", (scores.t().contiguous().t(), torch.tensor([1, 2, 3, 4]), eligible.t().contiguous().t())),
         ("select_threshold", (scores, eligible, 0.5)),
         ("select_factor", (scores, eligible, 1.0)),
         ("select_entropy_bounded", (scores, scores * 0.1, eligible, 0.2)),

@@ -23,7 +23,7 @@ at::Tensor row_offsets(const at::Tensor& logits) {
   auto opts = logits.options().dtype(at::kLong);
   at::Tensor offsets = at::zeros({1}, opts);
   for (int64_t d = 0; d < logits.dim() - 1; ++d) {
-    offsets = (offsets.unsqueeze(1) + at::arange(logits.size(d), opts).mul_(logits.stride(d)).unsqueeze(0)).reshape(-1);
+    offsets = offsets.unsqueeze(1).add(at::arange(logits.size(d), opts).mul_(logits.stride(d)).unsqueeze(0)).reshape(-1);
   }
   return offsets;
 }
