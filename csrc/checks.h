@@ -4,9 +4,13 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <cmath>
 #include <cstdlib>
+#include <limits>
+#include <tuple>
 #include <optional>
 
 namespace dmkernels {
@@ -103,6 +107,95 @@ inline void check_token_stats_args(const at::Tensor& logits, double temperature,
     check_dtype(op, "rng", *rng, {at::kLong});
     check_shape(op, "rng", *rng, {2}, "(seed, offset)");
   }
+}
+
+// Per-op checks shared by the CPU and CUDA bindings.
+
+inline void check_select_topk_args(const at::Tensor& scores, const at::Tensor& k, const at::Tensor& eligible) {
+  const char* op = "select_topk";
+  check_scores_2d(op, "scores", scores);
+  check_eligible(op, eligible, scores, "scores");
+  check_same_device(op, "k", k, scores, "scores");
+  check_dtype(op, "k", k, {at::kLong, at::kInt});
+  check_shape(op, "k", k, {scores.size(0)}, "one count per row of scores");
+}
+
+// select_threshold / select_factor: [B, L] scores, eligible, and a non-NaN parameter.
+inline void check_scored_rule_args(const char* op, const at::Tensor& scores, const at::Tensor& eligible,
+                                   const char* param_name, double param) {
+  check_scores_2d(op, "scores", scores);
+  check_eligible(op, eligible, scores, "scores");
+  TORCH_CHECK(!std::isnan(param), "dmkernels.", op, ": ", param_name, " is NaN");
+}
+
+inline void check_select_entropy_bounded_args(const at::Tensor& error, const at::Tensor& entropy,
+                                              const at::Tensor& eligible, double gamma) {
+  const char* op = "select_entropy_bounded";
+  check_scores_2d(op, "error", error);
+  check_scores_2d(op, "entropy", entropy);
+  check_same_device(op, "entropy", entropy, error, "error");
+  check_shape(op, "entropy", entropy, error.sizes(), "error.shape");
+  check_eligible(op, eligible, error, "error");
+  TORCH_CHECK(!std::isnan(gamma), "dmkernels.select_entropy_bounded: gamma is NaN");
+}
+
+inline void check_select_group_args(const at::Tensor& eligible, const at::Tensor& groups, const at::Tensor& step) {
+  const char* op = "select_group";
+  TORCH_CHECK(eligible.dim() == 2, "dmkernels.select_group: eligible must be 2-D [B, L], got shape ",
+              eligible.sizes());
+  check_dtype(op, "eligible", eligible, {at::kBool});
+  check_same_device(op, "groups", groups, eligible, "eligible");
+  check_same_device(op, "step", step, eligible, "eligible");
+  check_dtype(op, "groups", groups, {at::kLong, at::kInt});
+  check_dtype(op, "step", step, {at::kLong, at::kInt});
+  const int64_t B = eligible.size(0), L = eligible.size(1);
+  TORCH_CHECK(groups.sizes() == at::IntArrayRef{L} || groups.sizes() == eligible.sizes(),
+              "dmkernels.select_group: groups must have shape [L] or [B, L] = ", eligible.sizes(), ", got ",
+              groups.sizes());
+  TORCH_CHECK(step.dim() == 0 || step.sizes() == at::IntArrayRef{B},
+              "dmkernels.select_group: step must be a scalar or have shape [B] = [", B, "], got ", step.sizes());
+}
+
+inline void check_commit_args(const at::Tensor& x, const at::Tensor& token, const at::Tensor& select,
+                              int64_t mask_id) {
+  const char* op = "commit_";
+  TORCH_CHECK(x.dim() == 2, "dmkernels.commit_: x must be 2-D [B, L], got shape ", x.sizes());
+  check_dtype(op, "x", x, {at::kLong, at::kInt});
+  check_dtype(op, "token", token, {at::kLong, at::kInt});
+  check_dtype(op, "select", select, {at::kBool});
+  check_same_device(op, "token", token, x, "x");
+  check_same_device(op, "select", select, x, "x");
+  check_shape(op, "token", token, x.sizes(), "x.shape");
+  check_shape(op, "select", select, x.sizes(), "x.shape");
+  TORCH_CHECK(mask_id >= 0, "dmkernels.commit_: mask_id must be >= 0, got ", mask_id);
+  TORCH_CHECK(x.scalar_type() == at::kLong || mask_id <= std::numeric_limits<int32_t>::max(),
+              "dmkernels.commit_: mask_id = ", mask_id, " does not fit x's dtype int32");
+}
+
+// commit_'s outputs: changed [B, L] and remaining [B] (poisoned under the test flag).
+inline std::tuple<at::Tensor, at::Tensor> new_commit_outputs(const at::Tensor& x) {
+  at::Tensor changed = at::empty(x.sizes(), x.options().dtype(at::kBool));
+  at::Tensor remaining = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  if (poison_outputs()) {
+    changed.fill_(true);
+    remaining.fill_(-7);
+  }
+  return {changed, remaining};
+}
+
+// token_stats' outputs, shaped logits.shape[:-1] (poisoned under the test flag).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> new_token_stats_outputs(const at::Tensor& logits) {
+  auto row_shape = logits.sizes().vec();
+  row_shape.pop_back();
+  auto token = at::empty(row_shape, logits.options().dtype(at::kLong));
+  auto confidence = at::empty(row_shape, logits.options().dtype(at::kFloat));
+  auto margin = at::empty_like(confidence);
+  auto entropy = at::empty_like(confidence);
+  if (poison_outputs()) {
+    token.fill_(-7);
+    for (auto* t : {&confidence, &margin, &entropy}) t->fill_(12345.0);
+  }
+  return {token, confidence, margin, entropy};
 }
 
 }  // namespace dmkernels

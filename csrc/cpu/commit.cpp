@@ -46,26 +46,8 @@ void commit_rows(at::Tensor& x, const at::Tensor& token, const at::Tensor& selec
 
 std::tuple<at::Tensor, at::Tensor> commit_cpu(at::Tensor& x, const at::Tensor& token,
                                               const at::Tensor& select, int64_t mask_id) {
-  const char* op = "commit_";
-  TORCH_CHECK(x.dim() == 2, "dmkernels.commit_: x must be 2-D [B, L], got shape ", x.sizes());
-  check_dtype(op, "x", x, {at::kLong, at::kInt});
-  check_dtype(op, "token", token, {at::kLong, at::kInt});
-  check_dtype(op, "select", select, {at::kBool});
-  check_same_device(op, "token", token, x, "x");
-  check_same_device(op, "select", select, x, "x");
-  check_shape(op, "token", token, x.sizes(), "x.shape");
-  check_shape(op, "select", select, x.sizes(), "x.shape");
-  TORCH_CHECK(mask_id >= 0, "dmkernels.commit_: mask_id must be >= 0, got ", mask_id);
-  if (x.scalar_type() == at::kInt) {
-    TORCH_CHECK(mask_id <= std::numeric_limits<int32_t>::max(),
-                "dmkernels.commit_: mask_id = ", mask_id, " does not fit x's dtype int32");
-  }
-  at::Tensor changed = at::empty(x.sizes(), x.options().dtype(at::kBool));
-  at::Tensor remaining = at::empty({x.size(0)}, x.options().dtype(at::kLong));
-  if (poison_outputs()) {
-    changed.fill_(true);
-    remaining.fill_(-7);
-  }
+  check_commit_args(x, token, select, mask_id);
+  auto [changed, remaining] = new_commit_outputs(x);
   const auto run = [&](auto x_tag, auto t_tag) {
     commit_rows<decltype(x_tag), decltype(t_tag)>(x, token, select, mask_id, changed, remaining);
   };

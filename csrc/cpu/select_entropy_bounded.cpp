@@ -11,13 +11,7 @@ namespace {
 
 at::Tensor select_entropy_bounded_cpu(const at::Tensor& error, const at::Tensor& entropy,
                                       const at::Tensor& eligible, double gamma) {
-  const char* op = "select_entropy_bounded";
-  check_scores_2d(op, "error", error);
-  check_scores_2d(op, "entropy", entropy);
-  check_same_device(op, "entropy", entropy, error, "error");
-  check_shape(op, "entropy", entropy, error.sizes(), "error.shape");
-  check_eligible(op, eligible, error, "error");
-  TORCH_CHECK(!std::isnan(gamma), "dmkernels.select_entropy_bounded: gamma is NaN");
+  check_select_entropy_bounded_args(error, entropy, eligible, gamma);
   const int64_t L = error.size(1);
   // Ascending error == descending -error (NaN stays last under ranks_before).
   const at::Tensor neg_error = error.to(at::kDouble).neg();

@@ -10,10 +10,7 @@ namespace dmkernels {
 namespace {
 
 at::Tensor select_factor_cpu(const at::Tensor& scores, const at::Tensor& eligible, double factor) {
-  const char* op = "select_factor";
-  check_scores_2d(op, "scores", scores);
-  check_eligible(op, eligible, scores, "scores");
-  TORCH_CHECK(!std::isnan(factor), "dmkernels.select_factor: factor is NaN");
+  check_scored_rule_args("select_factor", scores, eligible, "factor", factor);
   const int64_t L = scores.size(1);
   return for_each_row(scores, eligible, [&](int64_t, const double* s, const bool* e, bool* out) {
     std::vector<int64_t> order;

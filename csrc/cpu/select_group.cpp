@@ -10,21 +10,8 @@ namespace dmkernels {
 namespace {
 
 at::Tensor select_group_cpu(const at::Tensor& eligible, const at::Tensor& groups, const at::Tensor& step) {
-  const char* op = "select_group";
-  TORCH_CHECK(eligible.dim() == 2, "dmkernels.select_group: eligible must be 2-D [B, L], got shape ",
-              eligible.sizes());
-  check_dtype(op, "eligible", eligible, {at::kBool});
-  check_same_device(op, "groups", groups, eligible, "eligible");
-  check_same_device(op, "step", step, eligible, "eligible");
-  check_dtype(op, "groups", groups, {at::kLong, at::kInt});
-  check_dtype(op, "step", step, {at::kLong, at::kInt});
-  const int64_t B = eligible.size(0), L = eligible.size(1);
-  TORCH_CHECK(groups.sizes() == at::IntArrayRef{L} || groups.sizes() == eligible.sizes(),
-              "dmkernels.select_group: groups must have shape [L] or [B, L] = ", eligible.sizes(),
-              ", got ", groups.sizes());
-  TORCH_CHECK(step.dim() == 0 || step.sizes() == at::IntArrayRef{B},
-              "dmkernels.select_group: step must be a scalar or have shape [B] = [", B, "], got ",
-              step.sizes());
+  check_select_group_args(eligible, groups, step);
+  const int64_t L = eligible.size(1);
   const at::Tensor g64 = groups.to(at::kLong).contiguous();
   const at::Tensor s64 = step.to(at::kLong).contiguous();
   const int64_t* g = g64.const_data_ptr<int64_t>();

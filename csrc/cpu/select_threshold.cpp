@@ -8,10 +8,7 @@ namespace dmkernels {
 namespace {
 
 at::Tensor select_threshold_cpu(const at::Tensor& scores, const at::Tensor& eligible, double threshold) {
-  const char* op = "select_threshold";
-  check_scores_2d(op, "scores", scores);
-  check_eligible(op, eligible, scores, "scores");
-  TORCH_CHECK(!std::isnan(threshold), "dmkernels.select_threshold: threshold is NaN");
+  check_scored_rule_args("select_threshold", scores, eligible, "threshold", threshold);
   const int64_t L = scores.size(1);
   return for_each_row(scores, eligible, [&](int64_t, const double* s, const bool* e, bool* out) {
     int64_t best = -1;

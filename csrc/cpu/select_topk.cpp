@@ -8,12 +8,7 @@ namespace dmkernels {
 namespace {
 
 at::Tensor select_topk_cpu(const at::Tensor& scores, const at::Tensor& k, const at::Tensor& eligible) {
-  const char* op = "select_topk";
-  check_scores_2d(op, "scores", scores);
-  check_eligible(op, eligible, scores, "scores");
-  check_same_device(op, "k", k, scores, "scores");
-  check_dtype(op, "k", k, {at::kLong, at::kInt});
-  check_shape(op, "k", k, {scores.size(0)}, "one count per row of scores");
+  check_select_topk_args(scores, k, eligible);
   const at::Tensor k64 = k.to(at::kLong).contiguous();
   const int64_t* kp = k64.const_data_ptr<int64_t>();
   for (int64_t b = 0; b < k64.numel(); ++b) {

@@ -42,12 +42,7 @@ at::Tensor new_selection(const at::Tensor& eligible) {
 }
 
 at::Tensor select_topk_cuda(const at::Tensor& scores, const at::Tensor& k, const at::Tensor& eligible) {
-  const char* op = "select_topk";
-  check_scores_2d(op, "scores", scores);
-  check_eligible(op, eligible, scores, "scores");
-  check_same_device(op, "k", k, scores, "scores");
-  check_dtype(op, "k", k, {at::kLong, at::kInt});
-  check_shape(op, "k", k, {scores.size(0)}, "one count per row of scores");
+  check_select_topk_args(scores, k, eligible);
   const c10::cuda::CUDAGuard guard(scores.device());
   at::Tensor out = new_selection(eligible);
   if (out.numel() == 0) return out;
@@ -60,10 +55,7 @@ at::Tensor select_topk_cuda(const at::Tensor& scores, const at::Tensor& k, const
 }
 
 at::Tensor select_threshold_cuda(const at::Tensor& scores, const at::Tensor& eligible, double threshold) {
-  const char* op = "select_threshold";
-  check_scores_2d(op, "scores", scores);
-  check_eligible(op, eligible, scores, "scores");
-  TORCH_CHECK(!std::isnan(threshold), "dmkernels.select_threshold: threshold is NaN");
+  check_scored_rule_args("select_threshold", scores, eligible, "threshold", threshold);
   const c10::cuda::CUDAGuard guard(scores.device());
   at::Tensor out = new_selection(eligible);
   if (out.numel() == 0) return out;
@@ -76,10 +68,7 @@ at::Tensor select_threshold_cuda(const at::Tensor& scores, const at::Tensor& eli
 }
 
 at::Tensor select_factor_cuda(const at::Tensor& scores, const at::Tensor& eligible, double factor) {
-  const char* op = "select_factor";
-  check_scores_2d(op, "scores", scores);
-  check_eligible(op, eligible, scores, "scores");
-  TORCH_CHECK(!std::isnan(factor), "dmkernels.select_factor: factor is NaN");
+  check_scored_rule_args("select_factor", scores, eligible, "factor", factor);
   const c10::cuda::CUDAGuard guard(scores.device());
   at::Tensor out = new_selection(eligible);
   if (out.numel() == 0) return out;
@@ -93,13 +82,7 @@ at::Tensor select_factor_cuda(const at::Tensor& scores, const at::Tensor& eligib
 
 at::Tensor select_entropy_bounded_cuda(const at::Tensor& error, const at::Tensor& entropy,
                                        const at::Tensor& eligible, double gamma) {
-  const char* op = "select_entropy_bounded";
-  check_scores_2d(op, "error", error);
-  check_scores_2d(op, "entropy", entropy);
-  check_same_device(op, "entropy", entropy, error, "error");
-  check_shape(op, "entropy", entropy, error.sizes(), "error.shape");
-  check_eligible(op, eligible, error, "error");
-  TORCH_CHECK(!std::isnan(gamma), "dmkernels.select_entropy_bounded: gamma is NaN");
+  check_select_entropy_bounded_args(error, entropy, eligible, gamma);
   const c10::cuda::CUDAGuard guard(error.device());
   at::Tensor out = new_selection(eligible);
   if (out.numel() == 0) return out;
@@ -112,20 +95,7 @@ at::Tensor select_entropy_bounded_cuda(const at::Tensor& error, const at::Tensor
 }
 
 at::Tensor select_group_cuda(const at::Tensor& eligible, const at::Tensor& groups, const at::Tensor& step) {
-  const char* op = "select_group";
-  TORCH_CHECK(eligible.dim() == 2, "dmkernels.select_group: eligible must be 2-D [B, L], got shape ",
-              eligible.sizes());
-  check_dtype(op, "eligible", eligible, {at::kBool});
-  check_same_device(op, "groups", groups, eligible, "eligible");
-  check_same_device(op, "step", step, eligible, "eligible");
-  check_dtype(op, "groups", groups, {at::kLong, at::kInt});
-  check_dtype(op, "step", step, {at::kLong, at::kInt});
-  const int64_t B = eligible.size(0), L = eligible.size(1);
-  TORCH_CHECK(groups.sizes() == at::IntArrayRef{L} || groups.sizes() == eligible.sizes(),
-              "dmkernels.select_group: groups must have shape [L] or [B, L] = ", eligible.sizes(), ", got ",
-              groups.sizes());
-  TORCH_CHECK(step.dim() == 0 || step.sizes() == at::IntArrayRef{B},
-              "dmkernels.select_group: step must be a scalar or have shape [B] = [", B, "], got ", step.sizes());
+  check_select_group_args(eligible, groups, step);
   const c10::cuda::CUDAGuard guard(eligible.device());
   at::Tensor out = new_selection(eligible);
   if (out.numel() == 0) return out;
@@ -140,25 +110,9 @@ at::Tensor select_group_cuda(const at::Tensor& eligible, const at::Tensor& group
 
 std::tuple<at::Tensor, at::Tensor> commit_cuda(at::Tensor& x, const at::Tensor& token, const at::Tensor& select,
                                                int64_t mask_id) {
-  const char* op = "commit_";
-  TORCH_CHECK(x.dim() == 2, "dmkernels.commit_: x must be 2-D [B, L], got shape ", x.sizes());
-  check_dtype(op, "x", x, {at::kLong, at::kInt});
-  check_dtype(op, "token", token, {at::kLong, at::kInt});
-  check_dtype(op, "select", select, {at::kBool});
-  check_same_device(op, "token", token, x, "x");
-  check_same_device(op, "select", select, x, "x");
-  check_shape(op, "token", token, x.sizes(), "x.shape");
-  check_shape(op, "select", select, x.sizes(), "x.shape");
-  TORCH_CHECK(mask_id >= 0, "dmkernels.commit_: mask_id must be >= 0, got ", mask_id);
-  TORCH_CHECK(x.scalar_type() == at::kLong || mask_id <= std::numeric_limits<int32_t>::max(),
-              "dmkernels.commit_: mask_id = ", mask_id, " does not fit x's dtype int32");
+  check_commit_args(x, token, select, mask_id);
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor changed = at::empty(x.sizes(), x.options().dtype(at::kBool));
-  at::Tensor remaining = at::empty({x.size(0)}, x.options().dtype(at::kLong));
-  if (poison_outputs()) {
-    changed.fill_(true);
-    remaining.fill_(-7);
-  }
+  auto [changed, remaining] = new_commit_outputs(x);
   if (x.size(0) == 0) return {changed, remaining};
   const at::Tensor tok = token.to(at::kLong);
   const Launch l = launch_for(select);

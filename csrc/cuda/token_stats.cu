@@ -34,17 +34,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
   check_token_stats_args(logits, temperature, seed, offset, positions, rng);
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t V = logits.size(-1);
-  auto row_shape = logits.sizes().vec();
-  row_shape.pop_back();
   const int64_t rows = logits.numel() / V;
-  auto token = at::empty(row_shape, logits.options().dtype(at::kLong));
-  auto confidence = at::empty(row_shape, logits.options().dtype(at::kFloat));
-  auto margin = at::empty_like(confidence);
-  auto entropy = at::empty_like(confidence);
-  if (poison_outputs()) {
-    token.fill_(-7);
-    for (auto* t : {&confidence, &margin, &entropy}) t->fill_(12345.0);
-  }
+  auto [token, confidence, margin, entropy] = new_token_stats_outputs(logits);
   if (rows == 0) return {token, confidence, margin, entropy};
 
   const at::Tensor offsets = row_offsets(logits);
