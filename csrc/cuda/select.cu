@@ -54,30 +54,30 @@ at::Tensor select_topk_cuda(const at::Tensor& scores, const at::Tensor& k, const
   return out;
 }
 
-at::Tensor select_threshold_cuda(const at::Tensor& scores, const at::Tensor& eligible, double threshold) {
-  check_scored_rule_args("select_threshold", scores, eligible, "threshold", threshold);
+// select_threshold and select_factor: [B, L] scores and one float64 parameter.
+using ScoredRuleKernel = void (*)(cuda::Rows<double>, cuda::Rows<bool>, double, int64_t, bool*);
+
+at::Tensor run_scored_rule(const char* op, const char* param_name, ScoredRuleKernel kernel, const at::Tensor& scores,
+                           const at::Tensor& eligible, double param) {
+  check_scored_rule_args(op, scores, eligible, param_name, param);
   const c10::cuda::CUDAGuard guard(scores.device());
   at::Tensor out = new_selection(eligible);
   if (out.numel() == 0) return out;
   const at::Tensor s = scores.to(at::kDouble);
   const Launch l = launch_for(eligible);
-  cuda::select_threshold_kernel<double><<<l.grid, cuda::kSelectThreads, 0, l.stream>>>(
-      rows_of<double>(s), rows_of<bool>(eligible), threshold, l.L, out.data_ptr<bool>());
+  kernel<<<l.grid, cuda::kSelectThreads, 0, l.stream>>>(rows_of<double>(s), rows_of<bool>(eligible), param, l.L,
+                                                         out.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
+at::Tensor select_threshold_cuda(const at::Tensor& scores, const at::Tensor& eligible, double threshold) {
+  return run_scored_rule("select_threshold", "threshold", cuda::select_threshold_kernel<double>, scores, eligible,
+                         threshold);
+}
+
 at::Tensor select_factor_cuda(const at::Tensor& scores, const at::Tensor& eligible, double factor) {
-  check_scored_rule_args("select_factor", scores, eligible, "factor", factor);
-  const c10::cuda::CUDAGuard guard(scores.device());
-  at::Tensor out = new_selection(eligible);
-  if (out.numel() == 0) return out;
-  const at::Tensor s = scores.to(at::kDouble);
-  const Launch l = launch_for(eligible);
-  cuda::select_factor_kernel<double><<<l.grid, cuda::kSelectThreads, 0, l.stream>>>(
-      rows_of<double>(s), rows_of<bool>(eligible), factor, l.L, out.data_ptr<bool>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  return run_scored_rule("select_factor", "factor", cuda::select_factor_kernel<double>, scores, eligible, factor);
 }
 
 at::Tensor select_entropy_bounded_cuda(const at::Tensor& error, const at::Tensor& entropy,
