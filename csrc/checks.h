@@ -79,23 +79,19 @@ inline void check_eligible(const char* op, const at::Tensor& eligible, const at:
 
 inline void check_token_stats_args(const at::Tensor& logits, double temperature, int64_t seed,
                                    int64_t offset, const std::optional<at::Tensor>& positions,
-                                   const std::optional<at::Tensor>& rng) {
-  const char* op = "token_stats";
-  TORCH_CHECK(logits.dim() >= 1, "dmkernels.token_stats: logits must have a vocabulary dim [..., V]");
+                                   const std::optional<at::Tensor>& rng, const char* op = "token_stats") {
+  TORCH_CHECK(logits.dim() >= 1, "dmkernels.", op, ": logits must have a vocabulary dim [..., V]");
   check_dtype(op, "logits", logits, {at::kFloat, at::kBFloat16, at::kHalf});
   const int64_t V = logits.size(-1);
-  TORCH_CHECK(V >= 1, "dmkernels.token_stats: logits has an empty vocabulary dim (V = 0)");
-  TORCH_CHECK(V <= (int64_t{1} << 24), "dmkernels.token_stats: logits vocabulary dim V = ", V,
-              " exceeds 2^24");
-  TORCH_CHECK(logits.stride(-1) == 1 || V == 1,
-              "dmkernels.token_stats: logits must have unit stride on the vocabulary dim, got stride ",
-              logits.stride(-1));
-  TORCH_CHECK(logits.numel() / V <= (int64_t{1} << 32),
-              "dmkernels.token_stats: logits has more than 2^32 rows");
-  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0,
-              "dmkernels.token_stats: temperature must be finite and >= 0, got ", temperature);
-  TORCH_CHECK(seed >= 0, "dmkernels.token_stats: seed must be >= 0, got ", seed);
-  TORCH_CHECK(offset >= 0, "dmkernels.token_stats: offset must be >= 0, got ", offset);
+  TORCH_CHECK(V >= 1, "dmkernels.", op, ": logits has an empty vocabulary dim (V = 0)");
+  TORCH_CHECK(V <= (int64_t{1} << 24), "dmkernels.", op, ": logits vocabulary dim V = ", V, " exceeds 2^24");
+  TORCH_CHECK(logits.stride(-1) == 1 || V == 1, "dmkernels.", op,
+              ": logits must have unit stride on the vocabulary dim, got stride ", logits.stride(-1));
+  TORCH_CHECK(logits.numel() / V <= (int64_t{1} << 32), "dmkernels.", op, ": logits has more than 2^32 rows");
+  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0, "dmkernels.", op,
+              ": temperature must be finite and >= 0, got ", temperature);
+  TORCH_CHECK(seed >= 0, "dmkernels.", op, ": seed must be >= 0, got ", seed);
+  TORCH_CHECK(offset >= 0, "dmkernels.", op, ": offset must be >= 0, got ", offset);
   if (positions.has_value()) {
     const auto& pos = *positions;
     check_same_device(op, "positions", pos, logits, "logits");
@@ -107,6 +103,23 @@ inline void check_token_stats_args(const at::Tensor& logits, double temperature,
     check_dtype(op, "rng", *rng, {at::kLong});
     check_shape(op, "rng", *rng, {2}, "(seed, offset)");
   }
+}
+
+// token_stats_partial: the token_stats checks plus the slice's place in the
+// vocabulary (global columns travel as float32, exact below 2^24) and in the rows.
+inline void check_token_stats_partial_args(const at::Tensor& logits, double temperature, int64_t seed,
+                                           int64_t offset, const std::optional<at::Tensor>& positions,
+                                           const std::optional<at::Tensor>& rng, int64_t vocab_start,
+                                           int64_t row_offset) {
+  const char* op = "token_stats_partial";
+  check_token_stats_args(logits, temperature, seed, offset, positions, rng, op);
+  TORCH_CHECK(vocab_start >= 0, "dmkernels.token_stats_partial: vocab_start must be >= 0, got ", vocab_start);
+  TORCH_CHECK(vocab_start + logits.size(-1) <= (int64_t{1} << 24),
+              "dmkernels.token_stats_partial: vocab_start + V = ", vocab_start + logits.size(-1),
+              " exceeds 2^24");
+  TORCH_CHECK(row_offset >= 0, "dmkernels.token_stats_partial: row_offset must be >= 0, got ", row_offset);
+  TORCH_CHECK(row_offset + logits.numel() / logits.size(-1) <= (int64_t{1} << 32),
+              "dmkernels.token_stats_partial: row_offset + rows exceeds 2^32");
 }
 
 // Per-op checks shared by the CPU and CUDA bindings.
@@ -196,6 +209,15 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> new_token_stat
     for (auto* t : {&confidence, &margin, &entropy}) t->fill_(12345.0);
   }
   return {token, confidence, margin, entropy};
+}
+
+// float32 [..., 8] partials of token_stats_partial, poisoned like the others.
+inline at::Tensor new_token_stats_partial_output(const at::Tensor& logits) {
+  auto shape = logits.sizes().vec();
+  shape.back() = 8;
+  auto out = at::empty(shape, logits.options().dtype(at::kFloat));
+  if (poison_outputs()) out.fill_(12345.0);
+  return out;
 }
 
 }  // namespace dmkernels

@@ -21,6 +21,13 @@ TORCH_LIBRARY(dmkernels, m) {
   m.def(
       "token_stats(Tensor logits, float temperature, int seed, int offset, bool tempered_scores, "
       "Tensor? positions, Tensor? rng=None) -> (Tensor, Tensor, Tensor, Tensor)");
+  // token_stats of the vocabulary slice [vocab_start, vocab_start + V), unfinished:
+  // float32 [..., 8] per row (fields in dmkernels/reference/token_stats_partial.py)
+  // that merge across slices into token_stats of the whole row. The noise of a
+  // column is that of its global index, and of row r that of row_offset + r.
+  m.def(
+      "token_stats_partial(Tensor logits, float temperature, int seed, int offset, bool tempered_scores, "
+      "Tensor? positions, Tensor? rng, int vocab_start, int row_offset) -> Tensor");
   // Per row: the min(k[b], #eligible) eligible positions with the highest scores.
   m.def("select_topk(Tensor scores, Tensor k, Tensor eligible) -> Tensor");
   // Fast-dLLM threshold rule: eligible with score >= threshold, at least the best.

@@ -14,6 +14,11 @@ def _register() -> None:
         scores = [logits.new_empty(rows, dtype=torch.float32) for _ in range(3)]
         return (logits.new_empty(rows, dtype=torch.int64), *scores)
 
+    @torch.library.register_fake("dmkernels::token_stats_partial")
+    def _token_stats_partial(logits, temperature, seed, offset, tempered_scores, positions, rng, vocab_start,
+                             row_offset):
+        return logits.new_empty((*logits.shape[:-1], 8), dtype=torch.float32)
+
     # The kernels return contiguous outputs whatever the inputs' strides.
     def _selection(ref):
         return ref.new_empty(ref.shape, dtype=torch.bool)

@@ -25,6 +25,7 @@ from .reference import (
     select_topk_reference,
     token_stats_reference,
 )
+from .reference.token_stats_partial import MAX_COLUMNS, token_stats_partial_reference
 
 __all__ = [
     "TokenStats",
@@ -37,6 +38,7 @@ __all__ = [
     "select_threshold",
     "select_topk",
     "token_stats",
+    "token_stats_partial",
 ]
 
 
@@ -93,6 +95,36 @@ def backends() -> dict[str, str]:
     return {"cpu": cpu, "cuda": cuda, "triton": _triton.REASON, "reference": "available"}
 
 
+def _check_token_stats(op, logits, temperature, seed, offset, positions, tempered_scores, rng):
+    """Arguments shared by token_stats and token_stats_partial, checked and normalised."""
+    logits = check.logits(op, logits)
+    temperature = check.number(op, "temperature", temperature, minimum=0.0)
+    offset = check.integer(op, "offset", offset, minimum=0)
+    if rng is not None:
+        rng = check.tensor(op, "rng", rng)
+        check.same_device(op, "rng", rng, logits, "logits")
+        check.dtype(op, "rng", rng, (torch.int64,))
+        check.shape(op, "rng", rng, (2,), "(seed, offset)")
+        seed = 0 if seed is None else seed  # unused: rng wins
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if temperature > 0 else 0
+    seed = check.integer(op, "seed", seed, minimum=0)
+    if positions is not None:
+        positions = check.tensor(op, "positions", positions)
+        check.same_device(op, "positions", positions, logits, "logits")
+        check.dtype(op, "positions", positions, (torch.bool,))
+        check.shape(op, "positions", positions, logits.shape[:-1], "logits.shape[:-1]")
+    return logits, temperature, seed, offset, positions, bool(tempered_scores), rng
+
+
+def _rng_values(op: str, rng: torch.Tensor) -> tuple[int, int]:
+    """(seed, offset) of an rng tensor, read on the host (reference path only)."""
+    seed, offset = (int(v) for v in rng.tolist())
+    if seed < 0 or offset < 0:
+        check.fail(op, f"rng must hold (seed, offset) >= 0, got {(seed, offset)}")
+    return seed, offset
+
+
 def token_stats(
     logits: torch.Tensor,
     *,
@@ -144,34 +176,62 @@ def token_stats(
     token -1 and NaN scores; commit_ never writes token -1.
     """
     op = "token_stats"
-    logits = check.logits(op, logits)
-    temperature = check.number(op, "temperature", temperature, minimum=0.0)
-    offset = check.integer(op, "offset", offset, minimum=0)
-    if rng is not None:
-        rng = check.tensor(op, "rng", rng)
-        check.same_device(op, "rng", rng, logits, "logits")
-        check.dtype(op, "rng", rng, (torch.int64,))
-        check.shape(op, "rng", rng, (2,), "(seed, offset)")
-        seed = 0 if seed is None else seed  # unused: rng wins
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item()) if temperature > 0 else 0
-    seed = check.integer(op, "seed", seed, minimum=0)
-    if positions is not None:
-        positions = check.tensor(op, "positions", positions)
-        check.same_device(op, "positions", positions, logits, "logits")
-        check.dtype(op, "positions", positions, (torch.bool,))
-        check.shape(op, "positions", positions, logits.shape[:-1], "logits.shape[:-1]")
-    tempered_scores = bool(tempered_scores)
+    logits, temperature, seed, offset, positions, tempered_scores, rng = _check_token_stats(
+        op, logits, temperature, seed, offset, positions, tempered_scores, rng)
     def reference(logits, temperature, seed, offset, tempered_scores, positions, rng=None):
         if rng is not None:  # the reference reads it on the host
-            seed, offset = (int(v) for v in rng.tolist())
-            if seed < 0 or offset < 0:
-                check.fail(op, f"rng must hold (seed, offset) >= 0, got {(seed, offset)}")
+            seed, offset = _rng_values(op, rng)
         return token_stats_reference(logits, temperature=temperature, seed=seed, offset=offset,
                                      positions=positions, tempered_scores=tempered_scores)
 
     args = (logits, temperature, seed, offset, tempered_scores, positions) + (() if rng is None else (rng,))
     return TokenStats(*_run(op, logits.device, backend, args, reference))
+
+
+def token_stats_partial(
+    logits: torch.Tensor,
+    *,
+    vocab_start: int = 0,
+    row_offset: int = 0,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    offset: int = 0,
+    positions: torch.Tensor | None = None,
+    tempered_scores: bool = False,
+    rng: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """token_stats of a vocabulary slice, left unfinished so that slices merge.
+
+    ``logits`` [..., V] holds columns ``[vocab_start, vocab_start + V)`` of a larger
+    vocabulary (one tensor-parallel rank's shard). Returns float32 [..., 8] per row:
+    max, softmax sum, entropy sum, second value, token key, global token column,
+    token score, invalid flag (layout and merge rule in
+    dmkernels/reference/token_stats_partial.py). Partials of slices that tile the
+    vocabulary merge with ``dmkernels.distributed.merge_partials`` into exactly
+    ``token_stats`` of the whole rows: the noise of a column is that of its global
+    index, and row r draws the noise of row ``row_offset + r`` (a data-parallel
+    worker's rows keep their global noise). The other arguments are token_stats's.
+    """
+    op = "token_stats_partial"
+    logits, temperature, seed, offset, positions, tempered_scores, rng = _check_token_stats(
+        op, logits, temperature, seed, offset, positions, tempered_scores, rng)
+    vocab_start = check.integer(op, "vocab_start", vocab_start, minimum=0)
+    row_offset = check.integer(op, "row_offset", row_offset, minimum=0)
+    if vocab_start + logits.shape[-1] > MAX_COLUMNS:
+        check.fail(op, f"vocab_start + V = {vocab_start + logits.shape[-1]} exceeds 2**24")
+    if row_offset + logits.numel() // logits.shape[-1] > 2**32:
+        check.fail(op, "row_offset + rows exceeds 2**32")
+
+    def reference(logits, temperature, seed, offset, tempered_scores, positions, rng, vocab_start, row_offset):
+        if rng is not None:
+            seed, offset = _rng_values(op, rng)
+        return token_stats_partial_reference(logits, temperature=temperature, seed=seed, offset=offset,
+                                             positions=positions, tempered_scores=tempered_scores,
+                                             vocab_start=vocab_start, row_offset=row_offset)
+
+    args = (logits, temperature, seed, offset, tempered_scores, positions, rng, vocab_start, row_offset)
+    return _run(op, logits.device, backend, args, reference)
 
 
 def _k_tensor(op: str, k, scores: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,27 @@ struct RowOut {
   float confidence, margin, entropy;
 };
 
+// A row (or a vocabulary slice of one) reduced: what token_stats finishes and
+// token_stats_partial stores (fields: dmkernels/reference/token_stats_partial.py).
+struct RowReduction {
+  bool invalid;       // a NaN or +inf logit
+  float m;            // max score, -inf for an all -inf row
+  double S, A;        // sum exp(z - m), sum exp(z - m)(z - m)
+  float second;       // second-largest score, with multiplicity
+  float key;          // what the token maximises: x (T = 0) or x / T + g
+  int64_t token;      // global column of key, -1 when key is -inf
+  float token_score;  // z of token
+};
+
+// Where a row's logits sit: `V` values at global columns [col_base + lead, ...).
+// col_base is a multiple of the noise group, so a slice that starts mid-group is
+// read as `lead` -inf columns followed by its values, and every noise group of
+// the padded row is a global one.
+struct Row {
+  int64_t V, lead, col_base;
+  uint32_t noise_row;
+};
+
 inline float hmax(const Vec& v) {
   std::array<float, kLanes> a;
   v.store(a.data());
@@ -74,10 +95,9 @@ inline double hsum(const Vec& v) {
   return r;
 }
 
-// Copy n logits into dst as float (times `scale` when scaling), padded with -inf
-// to a whole number of noise groups: padding never wins and adds 0 to the sums.
+// Copy n logits into dst as float (times `scale` when scaling).
 template <typename T>
-inline int64_t load_chunk(const T* src, int64_t n, bool scaling, float scale, float* dst) {
+inline void load_floats(const T* src, int64_t n, bool scaling, float scale, float* dst) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     Vec v;
@@ -93,8 +113,19 @@ inline int64_t load_chunk(const T* src, int64_t n, bool scaling, float scale, fl
     const float v = static_cast<float>(src[i]);
     dst[i] = scaling ? v * scale : v;
   }
+}
+
+// Chunk [c0, c0 + n) of the padded row: `lead` -inf columns, then the V logits
+// (see Row below). Fills dst and pads it with -inf to a whole number of noise
+// groups: padding never wins and adds 0 to the sums. Returns the padded length.
+template <typename T>
+inline int64_t load_chunk(const T* x, int64_t lead, int64_t c0, int64_t n, bool scaling, float scale,
+                          float* dst) {
+  const int64_t front = std::clamp<int64_t>(lead - c0, 0, n);
+  for (int64_t i = 0; i < front; ++i) dst[i] = kNegInf;
+  load_floats(x + (c0 + front - lead), n - front, scaling, scale, dst + front);
   const int64_t padded = (n + kGroup - 1) / kGroup * kGroup;
-  for (; i < padded; ++i) dst[i] = kNegInf;
+  for (int64_t i = n; i < padded; ++i) dst[i] = kNegInf;
   return padded;
 }
 
@@ -168,7 +199,8 @@ inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, Vec g
 #endif
 
 template <typename T>
-RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* buf) {
+RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf) {
+  const int64_t V = row.V + row.lead;  // the padded row
   const bool scale_scores = p.sample && p.tempered_scores;
   const Vec lane_index = Vec::arange(0.f, 1.f);
 
@@ -181,7 +213,7 @@ RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* bu
 
   for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
     const int64_t n = std::min(kChunk, V - c0);
-    const int64_t padded = load_chunk(x + c0, n, scale_scores, p.inv_temperature, buf);
+    const int64_t padded = load_chunk(x, row.lead, c0, n, scale_scores, p.inv_temperature, buf);
 
     // (1) per-lane top-2 and first argmax (strict > keeps the lowest column).
     Vec col = Vec(static_cast<float>(c0)) + lane_index;
@@ -234,7 +266,7 @@ RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* bu
         }
         if (((reach + vgumbel) > vbound).zero_mask() == (1 << kLanes) - 1) continue;
         Vec gumbel[4];
-        noise_group(p.key, row, static_cast<uint32_t>((c0 + g) / kGroup), gumbel);
+        noise_group(p.key, row.noise_row, static_cast<uint32_t>((row.col_base + c0 + g) / kGroup), gumbel);
         for (int64_t j = 0; j < kGroup / kLanes; ++j) {
           const Vec y = base[j] + gumbel[j];
           const Vec greater = y > best_y;
@@ -247,11 +279,13 @@ RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* bu
     }
   }
 
+  RowReduction out;
   const bool has_nan = nan_seen.zero_mask() != (1 << kLanes) - 1;
-  if (has_nan || !std::isfinite(m)) {
-    // No distribution: NaN logits, a +inf logit, or nothing but -inf.
-    return RowOut{-1, kNaN, kNaN, kNaN};
-  }
+  out.invalid = has_nan || m == std::numeric_limits<float>::infinity() || std::isnan(m);
+  if (out.invalid) return out;
+  out.m = m;
+  out.S = S;
+  out.A = A;
 
   // Merge lanes: winner = lowest column among lanes holding the maximum.
   std::array<float, kLanes> t1, t2, t1c;
@@ -262,14 +296,13 @@ RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* bu
   for (int64_t l = 0; l < kLanes; ++l) {
     if (t1[l] == m && (win < 0 || t1c[l] < t1c[win])) win = l;
   }
-  float second = kNegInf;
+  out.second = kNegInf;
   for (int64_t l = 0; l < kLanes; ++l) {
-    second = std::max(second, t2[l]);
-    if (l != win) second = std::max(second, t1[l]);
+    out.second = std::max(out.second, t2[l]);
+    if (l != win) out.second = std::max(out.second, t1[l]);
   }
 
-  RowOut out;
-  double token_score;
+  int64_t col;  // in the padded row
   if (p.sample) {
     std::array<float, kLanes> by, bc;
     best_y.store(by.data());
@@ -278,54 +311,96 @@ RowOut stats_row(const T* x, int64_t V, uint32_t row, const Params& p, float* bu
     for (int64_t l = 1; l < kLanes; ++l) {
       if (by[l] > by[lane] || (by[l] == by[lane] && bc[l] < bc[lane])) lane = l;
     }
-    out.token = static_cast<int64_t>(bc[lane]);
-    const float xt = static_cast<float>(x[out.token]);
-    token_score = scale_scores ? xt * p.inv_temperature : xt;
+    out.key = by[lane];
+    col = static_cast<int64_t>(bc[lane]);
   } else {
-    out.token = static_cast<int64_t>(t1c[win]);
-    token_score = m;
+    out.key = m;
+    col = static_cast<int64_t>(t1c[win]);
   }
-  out.confidence = static_cast<float>(std::exp(token_score - m) / S);
-  out.margin = static_cast<float>((1.0 - std::exp(static_cast<double>(second) - m)) / S);
-  out.entropy = static_cast<float>(std::max(0.0, std::log(S) - A / S));
+  if (out.key == kNegInf) {  // an all -inf slice
+    out.token = -1;
+    out.token_score = kNegInf;
+    return out;
+  }
+  out.token = row.col_base + col;
+  if (p.sample) {
+    const float xt = static_cast<float>(x[col - row.lead]);
+    out.token_score = scale_scores ? xt * p.inv_temperature : xt;
+  } else {
+    out.token_score = m;
+  }
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cpu(
-    const at::Tensor& logits, double temperature, int64_t seed, int64_t offset,
-    bool tempered_scores, const std::optional<at::Tensor>& positions, const std::optional<at::Tensor>& rng) {
-  check_token_stats_args(logits, temperature, seed, offset, positions, rng);
-  if (rng.has_value()) {  // a CPU tensor: reading it is free
-    const at::Tensor r = rng->contiguous();
-    seed = r.const_data_ptr<int64_t>()[0];
-    offset = r.const_data_ptr<int64_t>()[1];
-    TORCH_CHECK(seed >= 0 && offset >= 0, "dmkernels.token_stats: rng must hold (seed, offset) >= 0, got (", seed,
-                ", ", offset, ")");
+// token_stats of a whole row from its reduction.
+inline RowOut finish_row(const RowReduction& r) {
+  if (r.invalid || r.m == kNegInf) {
+    // No distribution: NaN logits, a +inf logit, or nothing but -inf.
+    return RowOut{-1, kNaN, kNaN, kNaN};
   }
-  const int64_t V = logits.size(-1);
-  const int64_t rows = logits.numel() / V;
-  auto [token, confidence, margin, entropy] = new_token_stats_outputs(logits);
-  if (rows == 0) return {token, confidence, margin, entropy};
+  RowOut out;
+  out.token = r.token;
+  out.confidence = static_cast<float>(std::exp(static_cast<double>(r.token_score) - r.m) / r.S);
+  out.margin = static_cast<float>((1.0 - std::exp(static_cast<double>(r.second) - r.m)) / r.S);
+  out.entropy = static_cast<float>(std::max(0.0, std::log(r.S) - r.A / r.S));
+  return out;
+}
 
-  at::Tensor active;
-  if (positions.has_value()) active = positions->contiguous();
-  const bool* active_ptr = active.defined() ? active.data_ptr<bool>() : nullptr;
+// The eight float32 fields of token_stats_partial.
+inline void store_partial(const RowReduction& r, float* out) {
+  if (r.invalid) {
+    const float v[8] = {kNaN, kNaN, kNaN, kNaN, kNaN, -1.0f, kNaN, 1.0f};
+    std::copy(v, v + 8, out);
+    return;
+  }
+  const bool empty = r.m == kNegInf;
+  out[0] = r.m;
+  out[1] = empty ? 0.0f : static_cast<float>(r.S);
+  out[2] = empty ? 0.0f : static_cast<float>(r.A);
+  out[3] = r.second;
+  out[4] = r.key;
+  out[5] = static_cast<float>(r.token);
+  out[6] = r.token_score;
+  out[7] = 0.0f;
+}
 
+inline void store_empty_partial(float* out) {
+  const float v[8] = {kNegInf, 0.0f, 0.0f, kNegInf, kNegInf, -1.0f, kNegInf, 0.0f};
+  std::copy(v, v + 8, out);
+}
+
+Params make_params(double temperature, bool tempered_scores, int64_t seed, int64_t offset) {
   Params p;
   p.sample = temperature > 0.0;
   p.tempered_scores = tempered_scores;
   p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
   p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+  return p;
+}
 
-  // Leading dims may have any strides (V has unit stride): unravel each row.
+// (seed, offset) from the rng tensor when given (a CPU tensor: reading it is free).
+void read_rng(const char* op, const std::optional<at::Tensor>& rng, int64_t& seed, int64_t& offset) {
+  if (!rng.has_value()) return;
+  const at::Tensor r = rng->contiguous();
+  seed = r.const_data_ptr<int64_t>()[0];
+  offset = r.const_data_ptr<int64_t>()[1];
+  TORCH_CHECK(seed >= 0 && offset >= 0, "dmkernels.", op, ": rng must hold (seed, offset) >= 0, got (", seed,
+              ", ", offset, ")");
+}
+
+// Calls visit(r, active, x_row) for every row r of logits in parallel; x_row points
+// at the row's V logits (leading dims may have any strides, V has unit stride).
+template <typename Visit>
+void for_each_row(const at::Tensor& logits, const std::optional<at::Tensor>& positions, Visit&& visit) {
+  const int64_t V = logits.size(-1);
+  const int64_t rows = logits.numel() / V;
+  if (rows == 0) return;
+  at::Tensor active;
+  if (positions.has_value()) active = positions->contiguous();
+  const bool* active_ptr = active.defined() ? active.data_ptr<bool>() : nullptr;
   const int64_t lead = logits.dim() - 1;
   const auto sizes = logits.sizes();
   const auto strides = logits.strides();
-  int64_t* tok = token.data_ptr<int64_t>();
-  float* conf = confidence.data_ptr<float>();
-  float* marg = margin.data_ptr<float>();
-  float* ent = entropy.data_ptr<float>();
-
   const auto run = [&](auto type_tag) {
     using scalar_t = decltype(type_tag);
     const scalar_t* base = logits.const_data_ptr<scalar_t>();
@@ -333,23 +408,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cpu(
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
       alignas(64) float buf[kChunk];
       for (int64_t r = begin; r < end; ++r) {
-        if (active_ptr && !active_ptr[r]) {
-          tok[r] = -1;
-          conf[r] = kNegInf;
-          marg[r] = kNegInf;
-          ent[r] = std::numeric_limits<float>::infinity();
-          continue;
-        }
         int64_t offset_elems = 0, rem = r;
         for (int64_t d = lead - 1; d >= 0; --d) {
           offset_elems += (rem % sizes[d]) * strides[d];
           rem /= sizes[d];
         }
-        const RowOut o = stats_row<scalar_t>(base + offset_elems, V, static_cast<uint32_t>(r), p, buf);
-        tok[r] = o.token;
-        conf[r] = o.confidence;
-        marg[r] = o.margin;
-        ent[r] = o.entropy;
+        visit(r, active_ptr == nullptr || active_ptr[r], base + offset_elems, buf);
       }
     });
   };
@@ -359,11 +423,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cpu(
     case at::kBFloat16: run(at::BFloat16{}); break;
     default: TORCH_CHECK(false, "unreachable: dtype checked above");
   }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cpu(
+    const at::Tensor& logits, double temperature, int64_t seed, int64_t offset,
+    bool tempered_scores, const std::optional<at::Tensor>& positions, const std::optional<at::Tensor>& rng) {
+  check_token_stats_args(logits, temperature, seed, offset, positions, rng);
+  read_rng("token_stats", rng, seed, offset);
+  auto [token, confidence, margin, entropy] = new_token_stats_outputs(logits);
+  const Params p = make_params(temperature, tempered_scores, seed, offset);
+  const int64_t V = logits.size(-1);
+  int64_t* tok = token.data_ptr<int64_t>();
+  float* conf = confidence.data_ptr<float>();
+  float* marg = margin.data_ptr<float>();
+  float* ent = entropy.data_ptr<float>();
+  for_each_row(logits, positions, [&](int64_t r, bool active, const auto* x, float* buf) {
+    if (!active) {
+      tok[r] = -1;
+      conf[r] = kNegInf;
+      marg[r] = kNegInf;
+      ent[r] = std::numeric_limits<float>::infinity();
+      return;
+    }
+    const RowOut o = finish_row(reduce_row(x, Row{V, 0, 0, static_cast<uint32_t>(r)}, p, buf));
+    tok[r] = o.token;
+    conf[r] = o.confidence;
+    marg[r] = o.margin;
+    ent[r] = o.entropy;
+  });
   return {token, confidence, margin, entropy};
+}
+
+at::Tensor token_stats_partial_cpu(const at::Tensor& logits, double temperature, int64_t seed, int64_t offset,
+                                   bool tempered_scores, const std::optional<at::Tensor>& positions,
+                                   const std::optional<at::Tensor>& rng, int64_t vocab_start, int64_t row_offset) {
+  check_token_stats_partial_args(logits, temperature, seed, offset, positions, rng, vocab_start, row_offset);
+  read_rng("token_stats_partial", rng, seed, offset);
+  at::Tensor out = new_token_stats_partial_output(logits);
+  const Params p = make_params(temperature, tempered_scores, seed, offset);
+  const int64_t V = logits.size(-1);
+  const int64_t lead = vocab_start % kGroup;
+  float* dst = out.data_ptr<float>();
+  for_each_row(logits, positions, [&](int64_t r, bool active, const auto* x, float* buf) {
+    if (!active) return store_empty_partial(dst + 8 * r);
+    const Row row{V, lead, vocab_start - lead, static_cast<uint32_t>(row_offset + r)};
+    store_partial(reduce_row(x, row, p, buf), dst + 8 * r);
+  });
+  return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dmkernels, CPU, m) { m.impl("token_stats", &token_stats_cpu); }
+TORCH_LIBRARY_IMPL(dmkernels, CPU, m) {
+  m.impl("token_stats", &token_stats_cpu);
+  m.impl("token_stats_partial", &token_stats_partial_cpu);
+}
 
 }  // namespace dmkernels
