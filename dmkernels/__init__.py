@@ -18,9 +18,10 @@ from .ops import (
     select_threshold,
     select_topk,
     token_stats,
+    token_stats_partial,
 )
 from . import cache, compat, policies, schedules, testing  # noqa: F401
-from .sampler import Generation, generate
+from .sampler import Generation, generate, infill
 
 __version__ = "0.1.0"
 
@@ -31,10 +32,12 @@ __all__ = [
     "commit_",
     "dilated_groups",
     "generate",
+    "infill",
     "select_entropy_bounded",
     "select_factor",
     "select_group",
     "select_threshold",
     "select_topk",
     "token_stats",
+    "token_stats_partial",
 ]

@@ -18,7 +18,7 @@ from .cache import NoCache, make_cache
 from .policies import Policy, StepContext
 from .testing import step_scope
 
-__all__ = ["Generation", "generate", "ModelRunner", "Sampler", "capture_step"]
+__all__ = ["Generation", "generate", "infill", "ModelRunner", "Sampler", "capture_step"]
 
 DEFAULT_MASK_ID = 126336  # LLaDA's [MASK]
 
@@ -136,7 +136,8 @@ class Sampler:
 
     def __init__(self, model, input_ids, *, attention_mask, gen_length, block_length, steps, policy,
                  temperature, cfg_scale, eos_token_id, cache, seed, progress, mask_id, shift_logits, backend,
-                 logits_processor=None, score_processor=None, runner=None, stop_when_block_done=None):
+                 logits_processor=None, score_processor=None, runner=None, stop_when_block_done=None,
+                 parallel=None, canvas=None):
         if not isinstance(policy, Policy):
             _fail(f"policy must be a dmkernels.policies.Policy, got {type(policy).__name__}")
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -167,7 +168,13 @@ class Sampler:
             _fail(f"mask_id = {mask_id} is outside the vocabulary [0, {vocab_size})")
         B, P = input_ids.shape
         device = _model_device(model, input_ids.device)
-        if attention_mask is not None:
+        if canvas is not None:  # infill: the canvas is the whole sequence, masks where to write
+            self.x = canvas.to(device=device, dtype=torch.int64, copy=True)
+            if attention_mask is not None:
+                if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(canvas.shape):
+                    _fail(f"attention_mask must have the shape of the canvas {list(canvas.shape)}")
+                attention_mask = attention_mask.to(device)
+        elif attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, P):
                 _fail(f"attention_mask must have the shape of input_ids {[B, P]}")
             attention_mask = torch.cat(
@@ -188,15 +195,31 @@ class Sampler:
         self.backend = backend
         self.logits_processor = logits_processor
         self.score_processor = score_processor
+        self.parallel = parallel
+        self.row_offset = 0  # data parallel: this worker's first row in the global batch
+        generator_seed_shift = 0
+        if parallel is not None:
+            from . import distributed
+            if isinstance(parallel, distributed.VocabParallel):
+                if seed is None:
+                    _fail("seed must be given with VocabParallel: every rank must draw the same numbers")
+                if logits_processor is not None:
+                    _fail("a logits_processor needs whole rows: it cannot run on VocabParallel slices")
+            elif isinstance(parallel, distributed.DataParallel):
+                self.row_offset, rank = distributed.row_offset_of(B, parallel.group)
+                generator_seed_shift = rank
+            else:
+                _fail(f"parallel must be a dmkernels.distributed.VocabParallel or DataParallel, got {parallel!r}")
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.seed = int(seed)
         self.generator = None
         if policy.needs_generator:
             self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(self.seed)
-        self.x = torch.full((B, P + gen_length), mask_id, dtype=torch.int64, device=device)
-        self.x[:, :P] = input_ids.to(device)
+            self.generator.manual_seed((self.seed + generator_seed_shift) % 2**63)
+        if canvas is None:
+            self.x = torch.full((B, P + gen_length), mask_id, dtype=torch.int64, device=device)
+            self.x[:, :P] = input_ids.to(device)
         self.attention_mask = attention_mask
         self.runner = runner or ModelRunner(model, attention_mask=attention_mask, cfg_scale=cfg_scale,
                                             prompt_index=self.x != mask_id, mask_id=mask_id)
@@ -222,8 +245,25 @@ class Sampler:
             noise = dict(rng=self.rng)
         else:
             noise = dict(seed=self.seed, offset=self.noise_offset + offset_shift)
-        return ops.token_stats(rows, temperature=self.temperature, positions=eligible,
-                               tempered_scores=self.policy.tempered_scores, backend=self.backend, **noise)
+        kw = dict(temperature=self.temperature, positions=eligible, tempered_scores=self.policy.tempered_scores,
+                  backend=self.backend, **noise)
+        if self.parallel is None:
+            return ops.token_stats(rows, **kw)
+        from . import distributed
+        if isinstance(self.parallel, distributed.VocabParallel):
+            return distributed.token_stats(rows, vocab_start=self.parallel.vocab_start, group=self.parallel.group,
+                                           **kw)
+        # Data parallel: this worker's rows draw the noise of their rows in the global batch.
+        partial = ops.token_stats_partial(rows, row_offset=self.row_offset * rows.shape[1], **kw)
+        return distributed.merge_partials(partial.unsqueeze(0), eligible)
+
+    def agree(self, done: torch.Tensor) -> torch.Tensor:
+        """A done-flag every worker agrees on: under DataParallel(lockstep=True), done
+        only when done everywhere (one all-reduce of one int, queued on the device)."""
+        from . import distributed
+        if isinstance(self.parallel, distributed.DataParallel) and self.parallel.lockstep:
+            return distributed.all_done(done, self.parallel.group)
+        return done
 
     def step_stats(self, step: int, start: int, end: int, eligible: torch.Tensor):
         """Model call and statistics of positions [start, end); returns (stats, logits rows)."""
@@ -279,7 +319,7 @@ class Sampler:
                 with step_scope():
                     remaining = self.step(block, start, end, i)
                 if self.stop_when_block_done:
-                    block_done.post(remaining.max() == 0)
+                    block_done.post(self.agree(remaining.max() == 0))
                 if bar is not None:
                     bar.update(1)
             if finished is not None:
@@ -287,7 +327,7 @@ class Sampler:
                 tail = self.x[:, end:]
                 tail.copy_(torch.where(finished[:, None] & (tail == self.mask_id),
                                        torch.full_like(tail, self.eos_token_id), tail))
-                all_finished.post(finished.all())
+                all_finished.post(self.agree(finished.all()))
         if bar is not None:
             bar.close()
         return Generation(self.x, self.model_calls)
@@ -334,7 +374,7 @@ def capture_step(sampler: Sampler, block: int = 0):
 @torch.no_grad()
 def generate(model, input_ids, *, attention_mask=None, gen_length, block_length, steps, policy,
              temperature=0.0, cfg_scale=0.0, eos_token_id=None, cache=None, seed=None, progress=False,
-             mask_id=None, shift_logits=False, backend=None) -> Generation:
+             mask_id=None, shift_logits=False, backend=None, parallel=None) -> Generation:
     """Generate with a masked diffusion LM, semi-autoregressively in blocks.
 
     Parameters
@@ -361,6 +401,11 @@ def generate(model, input_ids, *, attention_mask=None, gen_length, block_length,
     mask_id : defaults to ``model.config.mask_token_id``, else LLaDA's 126336.
     shift_logits : the model's logits are shifted right by one (Dream).
     backend : forwarded to the ops (see :func:`dmkernels.token_stats`).
+    parallel : None, :class:`dmkernels.distributed.VocabParallel` (the model returns
+        this rank's vocabulary slice of the logits; statistics are merged over the
+        group, every rank gets the same tokens; ``seed`` required) or
+        :class:`dmkernels.distributed.DataParallel` (each worker generates its own
+        rows with the noise of its rows in the global batch).
 
     Returns
     -------
@@ -369,4 +414,28 @@ def generate(model, input_ids, *, attention_mask=None, gen_length, block_length,
     return Sampler(model, input_ids, attention_mask=attention_mask, gen_length=gen_length,
                    block_length=block_length, steps=steps, policy=policy, temperature=temperature,
                    cfg_scale=cfg_scale, eos_token_id=eos_token_id, cache=cache, seed=seed, progress=progress,
-                   mask_id=mask_id, shift_logits=shift_logits, backend=backend).run()
+                   mask_id=mask_id, shift_logits=shift_logits, backend=backend, parallel=parallel).run()
+
+
+@torch.no_grad()
+def infill(model, canvas, *, steps, policy, block_length=None, attention_mask=None, temperature=0.0,
+           cfg_scale=0.0, seed=None, progress=False, mask_id=None, backend=None, parallel=None) -> Generation:
+    """Fill the masks of ``canvas`` [B, L] wherever they are (Sudoku cells, infilling).
+
+    The same sampler as :func:`generate` over the whole canvas: blocks of
+    ``block_length`` (default: the whole canvas, i.e. no semi-autoregression), the
+    policy choosing among each block's masked positions; tokens already on the
+    canvas are never changed. ``steps`` counts steps over all blocks (scheduled
+    policies); ``attention_mask`` [B, L] is passed to the model as is. Other
+    arguments as in :func:`generate`. Returns Generation(sequences [B, L], model_calls).
+    """
+    if not isinstance(canvas, torch.Tensor) or canvas.dim() != 2 or canvas.shape[1] < 1:
+        _fail("canvas must be a 2-D tensor [B, L] with L >= 1")
+    if canvas.dtype not in (torch.int64, torch.int32):
+        _fail(f"canvas must be int64 or int32, got {canvas.dtype}")
+    L = canvas.shape[1]
+    block_length = L if block_length is None else block_length
+    return Sampler(model, canvas[:, :0], attention_mask=attention_mask, gen_length=L, block_length=block_length,
+                   steps=steps, policy=policy, temperature=temperature, cfg_scale=cfg_scale, eos_token_id=None,
+                   cache=None, seed=seed, progress=progress, mask_id=mask_id, shift_logits=False, backend=backend,
+                   parallel=parallel, canvas=canvas).run()

@@ -293,3 +293,61 @@ def test_hugging_face_auto_model_and_shifted_logits():
         logits = model(x).logits
     assert torch.equal(a.sequences[:, 4:], logits[:, 4:8].argmax(-1))
     assert torch.equal(b.sequences[:, 4:], logits[:, 3:7].argmax(-1)), "shifted: row p - 1 predicts position p"
+
+
+class NoMaskModel(ToyModel):
+    """Never proposes [MASK] (a trained model does not; the toy one might)."""
+
+    def forward(self, x, attention_mask=None):
+        logits = super().forward(x, attention_mask)
+        logits[..., MASK] = float("-inf")
+        return logits
+
+
+@pytest.mark.parametrize("policy", [P.LowConfidence(), P.Random(), P.Threshold(0.3), P.EntropyBounded(0.5)], ids=repr)
+@pytest.mark.parametrize("block_length", [None, 7])
+def test_infill_fills_scattered_masks_and_keeps_the_rest(policy, block_length):
+    g = torch.Generator().manual_seed(3)
+    canvas = torch.randint(0, MASK, (3, 21), generator=g)
+    holes = torch.rand(3, 21, generator=g) < 0.5
+    holes[0] = False  # a row with nothing to fill
+    canvas[holes] = MASK
+    model = NoMaskModel()
+    with forbid_host_sync():
+        out = dmkernels.infill(model, canvas, steps=6 if block_length is None else 9, policy=policy,
+                               block_length=block_length, seed=4, mask_id=MASK)
+    assert out.sequences.shape == canvas.shape
+    assert not (out.sequences == MASK).any()
+    assert torch.equal(out.sequences[~holes], canvas[~holes])
+    if not policy.adaptive:
+        assert out.model_calls == (6 if block_length is None else 9)
+    # The model always saw the whole canvas.
+    assert all(shape == (3, 21) for shape, _ in model.calls)
+
+
+def test_infill_matches_generate_when_the_masks_are_a_suffix():
+    prompt = prompts(B=2, P_len=6)
+    model = ToyModel()
+    canvas = torch.cat([prompt, torch.full((2, 12), MASK)], 1)
+    # infill's one block spans the prompt too, where nothing is masked: the same
+    # decisions as generate's one block over the generated part (greedy: the noise
+    # rows differ, the canvas rows being longer).
+    want = dmkernels.generate(model, prompt, gen_length=12, block_length=12, steps=6, policy=P.LowConfidence(),
+                              temperature=0.0, seed=9, mask_id=MASK)
+    got = dmkernels.infill(model, canvas, steps=6, policy=P.LowConfidence(), temperature=0.0, seed=9,
+                           mask_id=MASK)
+    assert torch.equal(got.sequences, want.sequences)
+
+
+def test_infill_errors_name_the_argument():
+    model = ToyModel()
+    with pytest.raises(ValueError, match="canvas"):
+        dmkernels.infill(model, torch.zeros(5, dtype=torch.int64), steps=2, policy=P.LowConfidence())
+    with pytest.raises(ValueError, match="canvas"):
+        dmkernels.infill(model, torch.zeros(2, 5), steps=2, policy=P.LowConfidence())
+    with pytest.raises(ValueError, match="attention_mask"):
+        dmkernels.infill(model, torch.zeros(2, 5, dtype=torch.int64), steps=1, policy=P.LowConfidence(),
+                         attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="block_length"):
+        dmkernels.infill(model, torch.zeros(2, 5, dtype=torch.int64), steps=1, policy=P.LowConfidence(),
+                         block_length=2)
