@@ -1,10 +1,12 @@
-"""``python -m dmkernels.bench [--quick] [--e2e] [--json PATH] [--filter SUBSTR] [--device cpu|cuda]``
+"""``python -m dmkernels.bench [--quick] [--e2e] [--distributed] [--json PATH] [--filter SUBSTR] [--device cpu|cuda]``
 
 Times every case of dmkernels/bench/cases.py (ours and its baseline), measures
 the peak memory each side allocates, checks both outputs, and prints one row per
 case; then the end-to-end cases of dmkernels/bench/e2e.py (whole generations of
-the drop-in samplers against their eager counterparts). Exits with status 1 when
-an output is wrong.
+the drop-in samplers against their eager counterparts). ``--distributed`` runs
+only dmkernels/bench/distributed.py (vocabulary-parallel statistics against
+gathering the logits, over gloo processes). Exits with status 1 when an output
+is wrong.
 """
 from __future__ import annotations
 
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e", action="store_true",
                         help="only the end-to-end cases: drop-in samplers vs their eager counterparts "
                              "(gen_length 256 on the LLaDA vocabulary; with --quick, tiny ones)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="only the vocabulary-parallel cases: sharded token_stats vs gathering the logits, "
+                             "2/4/8 gloo processes (with --quick, 2)")
     parser.add_argument("--json", metavar="PATH", help="also write the records to PATH as a JSON list")
     parser.add_argument("--filter", metavar="SUBSTR", help="only cases whose name contains SUBSTR")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
@@ -99,17 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         measure.enable_rss_peaks()  # before the first big allocation
     name = measure.device_name(device)
-    cases = [] if args.e2e else select_cases(quick=args.quick, name_filter=args.filter)
+    cases = [] if (args.e2e or args.distributed) else select_cases(quick=args.quick, name_filter=args.filter)
 
     print(f"dmkernels {dmkernels.__version__} bench on {device.type} ({name}), torch {torch.__version__}, "
           f"{threads} intra-op thread (torch.set_num_threads(1)), backend: {dmkernels.backends()[device.type]}")
     records, failures = _run_op_cases(cases, device, name, threads, args.quick) if cases else ([], [])
-    if args.e2e or not args.quick:
+    meta = dict(device=name, device_type=device.type, torch=torch.__version__, threads=threads)
+    if args.distributed:
+        from dmkernels.bench import distributed
+
+        dist_records = distributed.run_cli(dict(meta, device=measure.device_name(torch.device("cpu")),
+                                                device_type="cpu"), quick=args.quick)
+        records += dist_records
+        failures += [r for r in dist_records if r["check"] != "ok"]
+    elif args.e2e or not args.quick:
         from dmkernels.bench import e2e
 
-        e2e_records = e2e.run_cli(device, quick=args.quick, name_filter=args.filter,
-                                  meta=dict(device=name, device_type=device.type, torch=torch.__version__,
-                                            threads=threads))
+        e2e_records = e2e.run_cli(device, quick=args.quick, name_filter=args.filter, meta=meta)
         if e2e_records:
             records += e2e_records
             failures += [r for r in e2e_records if r["check"] != "ok"]
