@@ -58,3 +58,12 @@ def test_bytes_per_step_at_llada_shapes():
         assert b["partials"] == (W - 1) * 32 * 8 * 4
         assert b["logits"] == (W - 1) * 32 * (126464 // W) * 2
         assert b["logits"] > 500 * b["partials"] / W
+
+
+def test_the_distributed_benchmark_runs_and_checks_its_tokens():
+    from dmkernels.bench import distributed as bench
+
+    (record,) = bench.run(worlds=(2,), rows_list=(3,), repeats=1)
+    assert record["check"] == "ok"
+    assert record["bytes_received_sharded"] == 3 * 8 * 4
+    assert record["bytes_received_gather"] == 3 * (bench.VOCAB // 2) * 2
