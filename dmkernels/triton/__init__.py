@@ -18,6 +18,7 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
 
 OPS = (
     "token_stats",
+    "token_stats_partial",
     "select_topk",
     "select_threshold",
     "select_factor",

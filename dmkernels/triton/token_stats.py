@@ -35,6 +35,16 @@ program per row, merges the ``splits`` tuples:
 Splits whose slice is all -inf have m_k = -inf and S_k = A_k = 0 exactly and are
 left out of the sums (no 0 * inf). With one split the first kernel finishes the
 row itself. The logits are read in place through row strides, never copied.
+
+``torch.ops.dmkernels_triton.token_stats_partial`` (a vocabulary slice, unfinished:
+dmkernels/reference/token_stats_partial.py) runs the same two kernels with the
+constexpr PARTIAL: the slice of global columns [vocab_start, vocab_start + V) is
+seen as a row of lead + V columns, lead = vocab_start % 32, starting at the noise
+group edge vocab_start - lead, whose first lead columns read as -inf (they never
+win and add 0 to the sums), so tiles still start on noise groups and draw the
+noise of their global columns; rows draw the noise of row_offset + r. Instead of
+the four scores the last kernel (the first when the vocabulary is not split)
+writes the eight fields. Without PARTIAL the kernels are token_stats' own.
 """
 import contextlib
 import os
@@ -120,15 +130,63 @@ def _finish(row, active, bad, m, S, A, top1_col, top2, best_col, xrow_ptr, inv_t
     tl.store(ent_ptr + row, ent)
 
 
-# Seeds and offsets are plain runtime values (no recompile, no constexpr 1).
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
+@triton.jit
+def _write_partial(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, xrow_ptr, inv_t, group_base,
+                   out_ptr, SAMPLE: tl.constexpr, TEMPERED: tl.constexpr):
+    """token_stats_partial's 8 fields of one row (dmkernels/reference/token_stats_partial.py)
+    from its merged tuple; columns are virtual (xrow_ptr + u is column u), global
+    column = group_base * 32 + u."""
+    NEG_INF: tl.constexpr = float("-inf")
+    nan = float("nan")
+    ok = active & (bad == 0)
+    if SAMPLE:
+        key = best_y
+        col = best_col
+        has = ok & (key > NEG_INF)
+        xt = tl.load(xrow_ptr + tl.where(has, col, 0), mask=has, other=0.0).to(tl.float32)
+        if TEMPERED:
+            zt = xt * inv_t
+        else:
+            zt = xt
+    else:
+        key = m
+        col = top1_col
+        has = ok & (key > NEG_INF)
+        zt = m
+    token = tl.where(has, (group_base * 32 + col).to(tl.float32), -1.0)
+    token_score = tl.where(has, zt, NEG_INF)
+    invalid = active & (bad != 0)
+    # Invalid slices are NaN but for TOKEN -1 and INVALID 1; rows left out are empty.
+    m = tl.where(invalid, nan, tl.where(active, m, NEG_INF))
+    S = tl.where(invalid, nan, tl.where(active, S, 0.0))
+    A = tl.where(invalid, nan, tl.where(active, A, 0.0))
+    top2 = tl.where(invalid, nan, tl.where(active, top2, NEG_INF))
+    key = tl.where(invalid, nan, tl.where(active, key, NEG_INF))
+    token_score = tl.where(invalid, nan, token_score)
+    o = out_ptr + row * 8
+    tl.store(o, m)
+    tl.store(o + 1, S)
+    tl.store(o + 2, A)
+    tl.store(o + 3, top2)
+    tl.store(o + 4, key)
+    tl.store(o + 5, token)
+    tl.store(o + 6, token_score)
+    tl.store(o + 7, invalid.to(tl.float32))
+
+
+# Seeds, offsets and the slice's place are plain runtime values (no recompile, no constexpr 1).
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi", "group_base", "lead", "row_base"])
 def _token_stats_kernel(
-    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, rng_ptr,
+    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, rng_ptr, out_ptr,
     n_parts, V, chunk, size1, size2, size3, stride0, stride1, stride2, stride3,
-    inv_t, seed_lo, seed_hi, offset_lo, offset_hi,
+    inv_t, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
     SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, HAS_POS: tl.constexpr, USE_ROWOFF: tl.constexpr,
-    HAS_RNG: tl.constexpr, FINAL: tl.constexpr, BLOCK_V: tl.constexpr,
+    HAS_RNG: tl.constexpr, FINAL: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
+    """PARTIAL (token_stats_partial): V counts ``lead`` leading virtual -inf columns
+    before the slice, so column u is local column u - lead and global column
+    group_base * 32 + u (whole noise groups again); noise row = row + row_base.
+    Without PARTIAL those three are unused and the code is token_stats' own."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
@@ -142,6 +200,8 @@ def _token_stats_kernel(
     n_tiles = tl.where(active, tl.cdiv(end - start, BLOCK_V), 0)
     xrow_ptr = x_ptr + _row_offset(row, rowoff_ptr, size1, size2, size3, stride0, stride1, stride2, stride3,
                                    USE_ROWOFF)
+    if PARTIAL:
+        xrow_ptr -= lead  # virtual columns: only u >= lead is ever loaded
     if SAMPLE and HAS_RNG:
         # (seed, offset) read on the device (CUDA graphs), as uint64 words.
         rng_seed = tl.load(rng_ptr)
@@ -163,7 +223,10 @@ def _token_stats_kernel(
     for t in range(n_tiles):
         col0 = start + t * BLOCK_V
         cols = col0 + offs
-        x = tl.load(xrow_ptr + cols, mask=cols < end, other=NEG_INF).to(tl.float32)
+        if PARTIAL:
+            x = tl.load(xrow_ptr + cols, mask=(cols < end) & (cols >= lead), other=NEG_INF).to(tl.float32)
+        else:
+            x = tl.load(xrow_ptr + cols, mask=cols < end, other=NEG_INF).to(tl.float32)
         if SAMPLE and TEMPERED:
             z = x * inv_t
         else:
@@ -202,7 +265,11 @@ def _token_stats_kernel(
                     zs = z
                 else:
                     zs = x * inv_t
-                bits = noise_bits_tile(col0 // 32, G, row, seed_lo, seed_hi, offset_lo, offset_hi)
+                if PARTIAL:  # the noise of the global column and row
+                    bits = noise_bits_tile(group_base + col0 // 32, G, row + row_base, seed_lo, seed_hi,
+                                           offset_lo, offset_hi)
+                else:
+                    bits = noise_bits_tile(col0 // 32, G, row, seed_lo, seed_hi, offset_lo, offset_hi)
                 y = zs + tl.reshape(gumbel(bits), [BLOCK_V])
                 ty, yidx = tl.max(y, axis=0, return_indices=True, return_indices_tie_break_left=True)
                 better = ty > best_y
@@ -211,8 +278,12 @@ def _token_stats_kernel(
     bad = (S != S).to(tl.int32)
 
     if FINAL:
-        _finish(row, active, bad, m, S, A, top1_col, top2, best_col, xrow_ptr, inv_t,
-                tok_ptr, conf_ptr, marg_ptr, ent_ptr, SAMPLE, TEMPERED)
+        if PARTIAL:
+            _write_partial(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, xrow_ptr, inv_t,
+                           group_base, out_ptr, SAMPLE, TEMPERED)
+        else:
+            _finish(row, active, bad, m, S, A, top1_col, top2, best_col, xrow_ptr, inv_t,
+                    tok_ptr, conf_ptr, marg_ptr, ent_ptr, SAMPLE, TEMPERED)
     else:
         p = part_ptr + row * n_splits + split
         tl.store(p, m)
@@ -225,12 +296,12 @@ def _token_stats_kernel(
         tl.store(p + 7 * n_parts, bad.to(tl.float32))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["group_base", "lead"])
 def _merge_kernel(
-    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr,
-    n_parts, n_splits, size1, size2, size3, stride0, stride1, stride2, stride3, inv_t,
+    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, out_ptr,
+    n_parts, n_splits, size1, size2, size3, stride0, stride1, stride2, stride3, inv_t, group_base, lead,
     SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, HAS_POS: tl.constexpr, USE_ROWOFF: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    PARTIAL: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, BLOCK_S)
@@ -264,8 +335,12 @@ def _merge_kernel(
 
     xrow_ptr = x_ptr + _row_offset(row, rowoff_ptr, size1, size2, size3, stride0, stride1, stride2, stride3,
                                    USE_ROWOFF)
-    _finish(row, active, bad, M, S, A, top1_col, top2, best_col, xrow_ptr, inv_t,
-            tok_ptr, conf_ptr, marg_ptr, ent_ptr, SAMPLE, TEMPERED)
+    if PARTIAL:
+        _write_partial(row, active, bad, M, S, A, top1_col, top2, best_y, best_col, xrow_ptr - lead, inv_t,
+                       group_base, out_ptr, SAMPLE, TEMPERED)
+    else:
+        _finish(row, active, bad, M, S, A, top1_col, top2, best_col, xrow_ptr, inv_t,
+                tok_ptr, conf_ptr, marg_ptr, ent_ptr, SAMPLE, TEMPERED)
 
 
 _sm_counts: dict = {}
@@ -314,6 +389,97 @@ def _lead_layout(logits: torch.Tensor) -> tuple[list[int], list[int]]:
     return [s for s, _ in out], [st for _, st in out]
 
 
+def _check_args(op, logits, temperature, seed, offset, positions, rng):
+    """token_stats' argument checks (shared by token_stats_partial); returns
+    (logits, temperature, seed, offset, rng) normalised."""
+    logits = check.logits(op, logits)
+    temperature = check.number(op, "temperature", temperature, minimum=0.0)
+    seed = check.integer(op, "seed", seed, minimum=0)
+    offset = check.integer(op, "offset", offset, minimum=0)
+    lead = logits.shape[:-1]
+    rows = logits.numel() // logits.shape[-1]
+    if rows >= 2**31:
+        check.fail(op, "logits has 2^31 rows or more (the Triton grid limit)")
+    if positions is not None:
+        check.same_device(op, "positions", positions, logits, "logits")
+        check.dtype(op, "positions", positions, (torch.bool,))
+        check.shape(op, "positions", positions, lead, "logits.shape[:-1]")
+    if rng is not None:
+        check.same_device(op, "rng", rng, logits, "logits")
+        check.dtype(op, "rng", rng, (torch.int64,))
+        check.shape(op, "rng", rng, (2,), "(seed, offset)")
+        if rng.device.type == "cpu":  # free to read on the host, as the CPU kernel does
+            rng_seed, rng_offset = (int(v) for v in rng.tolist())
+            if rng_seed < 0 or rng_offset < 0:
+                check.fail(op, f"rng must hold (seed, offset) >= 0, got {(rng_seed, rng_offset)}")
+        rng = rng.contiguous()  # 2 elements
+    if logits.device.type == "cpu" and not _interpreting():
+        check.fail(op, "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 before importing "
+                   "dmkernels.triton.token_stats)")
+    return logits, temperature, seed, offset, rng
+
+
+def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, outputs, partial=None):
+    """Run the kernels on rows > 0. ``outputs`` is (token, confidence, margin, entropy)
+    for token_stats, or (out,) with ``partial = (vocab_start, row_offset)`` for
+    token_stats_partial: the slice is then seen as a row of V + vocab_start % 32
+    columns starting at global column vocab_start - vocab_start % 32 (a noise
+    group boundary) whose first vocab_start % 32 are -inf."""
+    V = logits.shape[-1]
+    rows = logits.numel() // V
+    placeholder = outputs[0]  # any tensor, for pointer arguments a variant does not use
+    if partial is None:
+        token, conf, margin, ent = outputs
+        out = placeholder
+        group_base, lead, row_base = 0, 0, 0
+    else:
+        token = conf = margin = ent = placeholder
+        (out,) = outputs
+        vocab_start, row_base = partial
+        lead = vocab_start % 32
+        group_base = vocab_start // 32
+    sample = temperature > 0.0
+    inv_t = inverse_temperature(temperature) if sample else 1.0
+    seed_lo, seed_hi = split_u64(seed)
+    offset_lo, offset_hi = split_u64(offset)
+    pos = positions.reshape(-1) if positions is not None else placeholder  # tiny: [rows] bools
+    sizes, strides = _lead_layout(logits)
+    rowoff = placeholder  # unused placeholder pointer
+    if len(sizes) > 4:
+        # More than 4 leading dims that do not coalesce: a table of row offsets ([rows] int64).
+        rowoff = torch.zeros((), dtype=torch.int64, device=logits.device)
+        for size, stride in zip(sizes, strides):
+            rowoff = (rowoff.unsqueeze(-1) + torch.arange(size, device=logits.device) * stride)
+        rowoff = rowoff.reshape(-1)
+        sizes, strides = [], []
+    sizes = [1] * (4 - len(sizes)) + sizes
+    strides = [0] * (4 - len(strides)) + strides
+    layout = (sizes[1], sizes[2], sizes[3], *strides)
+    flags = dict(SAMPLE=sample, TEMPERED=bool(tempered_scores) and sample, HAS_POS=positions is not None,
+                 USE_ROWOFF=rowoff is not placeholder, PARTIAL=partial is not None)
+    rng_ptr = rng if rng is not None else placeholder  # placeholder when absent
+
+    Vv = V + lead  # virtual columns (= V for token_stats)
+    BLOCK_V, chunk, splits = _plan(rows, Vv, logits.device)
+    n_parts = rows * splits
+    # Partial tuples only when the vocabulary is split (else an unused placeholder).
+    part = torch.empty(_FIELDS, n_parts, dtype=torch.float32, device=logits.device) if splits > 1 else conf
+    num_warps = 8 if BLOCK_V >= 4096 else 4
+    with _on_device(logits.device):
+        _token_stats_kernel[(rows, splits)](
+            logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr, out,
+            n_parts, Vv, chunk, *layout, inv_t, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
+            HAS_RNG=rng is not None, FINAL=splits == 1, BLOCK_V=BLOCK_V, num_warps=num_warps,
+            enable_fp_fusion=False, **flags,
+        )
+        if splits > 1:
+            _merge_kernel[(rows,)](
+                logits, pos, rowoff, token, conf, margin, ent, part, out,
+                n_parts, splits, *layout, inv_t, group_base, lead,
+                BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=1, enable_fp_fusion=False, **flags,
+            )
+
+
 @torch.library.custom_op("dmkernels_triton::token_stats", mutates_args=())
 def token_stats(
     logits: torch.Tensor,
@@ -326,80 +492,17 @@ def token_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """See dmkernels.token_stats. ``rng`` (int64 [2] = seed, offset, on the logits'
     device) overrides ``seed`` and ``offset`` and is read by the kernel, not the host."""
-    logits = check.logits(_OP, logits)
-    temperature = check.number(_OP, "temperature", temperature, minimum=0.0)
-    seed = check.integer(_OP, "seed", seed, minimum=0)
-    offset = check.integer(_OP, "offset", offset, minimum=0)
+    logits, temperature, seed, offset, rng = _check_args(_OP, logits, temperature, seed, offset, positions, rng)
     lead = logits.shape[:-1]
-    V = logits.shape[-1]
-    rows = logits.numel() // V
-    if rows >= 2**31:
-        check.fail(_OP, "logits has 2^31 rows or more (the Triton grid limit)")
-    if positions is not None:
-        check.same_device(_OP, "positions", positions, logits, "logits")
-        check.dtype(_OP, "positions", positions, (torch.bool,))
-        check.shape(_OP, "positions", positions, lead, "logits.shape[:-1]")
-    if rng is not None:
-        check.same_device(_OP, "rng", rng, logits, "logits")
-        check.dtype(_OP, "rng", rng, (torch.int64,))
-        check.shape(_OP, "rng", rng, (2,), "(seed, offset)")
-        if rng.device.type == "cpu":  # free to read on the host, as the CPU kernel does
-            rng_seed, rng_offset = (int(v) for v in rng.tolist())
-            if rng_seed < 0 or rng_offset < 0:
-                check.fail(_OP, f"rng must hold (seed, offset) >= 0, got {(rng_seed, rng_offset)}")
-        rng = rng.contiguous()  # 2 elements
-    if logits.device.type == "cpu" and not _interpreting():
-        check.fail(_OP, "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 before importing "
-                   "dmkernels.triton.token_stats)")
-
     token = torch.empty(lead, dtype=torch.int64, device=logits.device)
     conf, margin, ent = (torch.empty(lead, dtype=torch.float32, device=logits.device) for _ in range(3))
     if _poison():
         token.fill_(-7)
         for t in (conf, margin, ent):
             t.fill_(12345.0)
-    if rows == 0:
+    if logits.numel() // logits.shape[-1] == 0:
         return token, conf, margin, ent
-
-    sample = temperature > 0.0
-    inv_t = inverse_temperature(temperature) if sample else 1.0
-    seed_lo, seed_hi = split_u64(seed)
-    offset_lo, offset_hi = split_u64(offset)
-    pos = positions.reshape(-1) if positions is not None else token  # tiny: [rows] bools
-    sizes, strides = _lead_layout(logits)
-    rowoff = token  # unused placeholder pointer
-    if len(sizes) > 4:
-        # More than 4 leading dims that do not coalesce: a table of row offsets ([rows] int64).
-        rowoff = torch.zeros((), dtype=torch.int64, device=logits.device)
-        for size, stride in zip(sizes, strides):
-            rowoff = (rowoff.unsqueeze(-1) + torch.arange(size, device=logits.device) * stride)
-        rowoff = rowoff.reshape(-1)
-        sizes, strides = [], []
-    sizes = [1] * (4 - len(sizes)) + sizes
-    strides = [0] * (4 - len(strides)) + strides
-    layout = (sizes[1], sizes[2], sizes[3], *strides)
-    flags = dict(SAMPLE=sample, TEMPERED=bool(tempered_scores) and sample, HAS_POS=positions is not None,
-                 USE_ROWOFF=rowoff is not token)
-    rng_ptr = rng if rng is not None else token  # placeholder when absent
-
-    BLOCK_V, chunk, splits = _plan(rows, V, logits.device)
-    n_parts = rows * splits
-    # Partial tuples only when the vocabulary is split (else an unused placeholder).
-    part = torch.empty(_FIELDS, n_parts, dtype=torch.float32, device=logits.device) if splits > 1 else conf
-    num_warps = 8 if BLOCK_V >= 4096 else 4
-    with _on_device(logits.device):
-        _token_stats_kernel[(rows, splits)](
-            logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr,
-            n_parts, V, chunk, *layout, inv_t, seed_lo, seed_hi, offset_lo, offset_hi,
-            HAS_RNG=rng is not None, FINAL=splits == 1, BLOCK_V=BLOCK_V, num_warps=num_warps,
-            enable_fp_fusion=False, **flags,
-        )
-        if splits > 1:
-            _merge_kernel[(rows,)](
-                logits, pos, rowoff, token, conf, margin, ent, part,
-                n_parts, splits, *layout, inv_t,
-                BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=1, enable_fp_fusion=False, **flags,
-            )
+    _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, (token, conf, margin, ent))
     return token, conf, margin, ent
 
 
@@ -408,3 +511,47 @@ def _token_stats_fake(logits, temperature, seed, offset, tempered_scores, positi
     lead = logits.shape[:-1]
     scores = [logits.new_empty(lead, dtype=torch.float32) for _ in range(3)]
     return (logits.new_empty(lead, dtype=torch.int64), *scores)
+
+
+_PARTIAL_OP = "token_stats_partial"
+_MAX_COLUMNS = 1 << 24  # global columns travel as float32
+
+
+@torch.library.custom_op("dmkernels_triton::token_stats_partial", mutates_args=())
+def token_stats_partial(
+    logits: torch.Tensor,
+    temperature: float,
+    seed: int,
+    offset: int,
+    tempered_scores: bool,
+    positions: Optional[torch.Tensor],
+    rng: Optional[torch.Tensor],
+    vocab_start: int,
+    row_offset: int,
+) -> torch.Tensor:
+    """See dmkernels.token_stats_partial: float32 [..., 8] per row for the slice of
+    global columns [vocab_start, vocab_start + V), rows drawing the noise of
+    row_offset + r. The same kernels as token_stats (PARTIAL mode)."""
+    op = _PARTIAL_OP
+    logits, temperature, seed, offset, rng = _check_args(op, logits, temperature, seed, offset, positions, rng)
+    vocab_start = check.integer(op, "vocab_start", vocab_start, minimum=0)
+    row_offset = check.integer(op, "row_offset", row_offset, minimum=0)
+    V = logits.shape[-1]
+    rows = logits.numel() // V
+    if vocab_start + V > _MAX_COLUMNS:
+        check.fail(op, f"vocab_start + V = {vocab_start + V} exceeds 2**24")
+    if row_offset + rows > 2**32:
+        check.fail(op, "row_offset + rows exceeds 2**32")
+    out = torch.empty((*logits.shape[:-1], 8), dtype=torch.float32, device=logits.device)
+    if _poison():
+        out.fill_(12345.0)
+    if rows == 0:
+        return out
+    _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, (out,), (vocab_start, row_offset))
+    return out
+
+
+@token_stats_partial.register_fake
+def _token_stats_partial_fake(logits, temperature, seed, offset, tempered_scores, positions, rng, vocab_start,
+                              row_offset):
+    return logits.new_empty((*logits.shape[:-1], 8), dtype=torch.float32)
