@@ -1,5 +1,6 @@
-// CUDA binding of token_stats: checks, launch configuration, and the two
-// kernels of token_stats.cuh (split-V partial tuples, then an ordered merge).
+// CUDA bindings of token_stats and token_stats_partial: checks, launch
+// configuration, and the kernels of token_stats.cuh (split-V partial tuples,
+// then an ordered merge into the scores, or into the slice's eight fields).
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/arange.h>
@@ -28,6 +29,55 @@ at::Tensor row_offsets(const at::Tensor& logits) {
   return offsets;
 }
 
+// Plans the vocabulary split over p.V columns (p.V, p.lead, p.col_base and
+// p.row_base set by the caller), fills the rest of `p` and launches the tuple
+// kernel on rows x splits blocks. Returns the tuple buffer [rows * splits];
+// `offsets`, `active` and `rng_device` must outlive the launches.
+template <bool kSlice>
+at::Tensor launch_stats_tuples(const char* op, const at::Tensor& logits, double temperature, int64_t seed,
+                               int64_t offset, bool tempered_scores, const at::Tensor& offsets,
+                               const at::Tensor& active, const at::Tensor& rng_device, cuda::StatsParams& p) {
+  const int64_t V = p.V;
+  const int64_t rows = p.rows;
+  // Enough blocks to fill the GPU twice over, but no split smaller than one
+  // pass of the block's threads over 32-column groups.
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, logits.device().index()));
+  const int64_t min_cols = 32 * cuda::kStatsThreads;
+  const int64_t max_splits = std::max<int64_t>(1, (V + min_cols - 1) / min_cols);
+  const int64_t splits = std::min<int64_t>(max_splits, std::max<int64_t>(1, (2 * sms + rows - 1) / rows));
+  TORCH_CHECK(splits <= 65535, "dmkernels.", op, ": too many vocabulary splits");
+  p.splits = splits;
+  p.cols_per_split = ((V + splits - 1) / splits + 31) / 32 * 32;
+  p.sample = temperature > 0.0;
+  p.tempered_scores = tempered_scores;
+  p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
+  p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
+  p.rng = rng_device.defined() ? rng_device.const_data_ptr<int64_t>() : nullptr;
+
+  at::Tensor partial = at::empty({rows * splits * static_cast<int64_t>(sizeof(cuda::StatsTuple))},
+                                 logits.options().dtype(at::kByte));
+  auto* partial_ptr = reinterpret_cast<cuda::StatsTuple*>(partial.data_ptr());
+  const bool* active_ptr = active.defined() ? active.const_data_ptr<bool>() : nullptr;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
+  AT_DISPATCH_SWITCH(logits.scalar_type(), "token_stats_cuda",
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      cuda::token_stats_partial_kernel<float, kSlice><<<grid, cuda::kStatsThreads, 0, stream>>>(
+          logits.const_data_ptr<float>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
+    })
+    AT_DISPATCH_CASE(at::kHalf, [&] {
+      cuda::token_stats_partial_kernel<at::Half, kSlice><<<grid, cuda::kStatsThreads, 0, stream>>>(
+          logits.const_data_ptr<at::Half>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
+    })
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      cuda::token_stats_partial_kernel<at::BFloat16, kSlice><<<grid, cuda::kStatsThreads, 0, stream>>>(
+          logits.const_data_ptr<at::BFloat16>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
+    }));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return partial;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
     const at::Tensor& logits, double temperature, int64_t seed, int64_t offset, bool tempered_scores,
     const std::optional<at::Tensor>& positions, const std::optional<at::Tensor>& rng) {
@@ -41,59 +91,64 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
   const at::Tensor offsets = row_offsets(logits);
   at::Tensor active;
   if (positions.has_value()) active = positions->contiguous();
-
-  // Enough blocks to fill the GPU twice over, but no split smaller than one
-  // pass of the block's threads over 32-column groups.
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, logits.device().index()));
-  const int64_t min_cols = 32 * cuda::kStatsThreads;
-  const int64_t max_splits = std::max<int64_t>(1, (V + min_cols - 1) / min_cols);
-  const int64_t splits = std::min<int64_t>(max_splits, std::max<int64_t>(1, (2 * sms + rows - 1) / rows));
-  TORCH_CHECK(splits <= 65535, "dmkernels.token_stats: too many vocabulary splits");
+  at::Tensor rng_device;
+  if (rng.has_value()) rng_device = rng->contiguous();
   cuda::StatsParams p;
   p.rows = rows;
   p.V = V;
-  p.splits = splits;
-  p.cols_per_split = ((V + splits - 1) / splits + 31) / 32 * 32;
-  p.sample = temperature > 0.0;
-  p.tempered_scores = tempered_scores;
-  p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
-  p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
-  at::Tensor rng_device;
-  if (rng.has_value()) rng_device = rng->contiguous();
-  p.rng = rng_device.defined() ? rng_device.const_data_ptr<int64_t>() : nullptr;
-
-  at::Tensor partial = at::empty({rows * splits * static_cast<int64_t>(sizeof(cuda::StatsTuple))},
-                                 logits.options().dtype(at::kByte));
-  auto* partial_ptr = reinterpret_cast<cuda::StatsTuple*>(partial.data_ptr());
+  const at::Tensor partial = launch_stats_tuples<false>("token_stats", logits, temperature, seed, offset,
+                                                        tempered_scores, offsets, active, rng_device, p);
   const bool* active_ptr = active.defined() ? active.const_data_ptr<bool>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
-  AT_DISPATCH_SWITCH(logits.scalar_type(), "token_stats_cuda",
-    AT_DISPATCH_CASE(at::kFloat, [&] {
-      cuda::token_stats_partial_kernel<float><<<grid, cuda::kStatsThreads, 0, stream>>>(
-          logits.const_data_ptr<float>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
-    })
-    AT_DISPATCH_CASE(at::kHalf, [&] {
-      cuda::token_stats_partial_kernel<at::Half><<<grid, cuda::kStatsThreads, 0, stream>>>(
-          logits.const_data_ptr<at::Half>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
-    })
-    AT_DISPATCH_CASE(at::kBFloat16, [&] {
-      cuda::token_stats_partial_kernel<at::BFloat16><<<grid, cuda::kStatsThreads, 0, stream>>>(
-          logits.const_data_ptr<at::BFloat16>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
-    }));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int merge_threads = 128;
   cuda::token_stats_merge_kernel<<<static_cast<unsigned>((rows + merge_threads - 1) / merge_threads), merge_threads, 0,
-                                   stream>>>(partial_ptr, active_ptr, p, token.data_ptr<int64_t>(),
-                                             confidence.data_ptr<float>(), margin.data_ptr<float>(),
-                                             entropy.data_ptr<float>());
+                                   stream>>>(reinterpret_cast<const cuda::StatsTuple*>(partial.const_data_ptr()),
+                                             active_ptr, p, token.data_ptr<int64_t>(), confidence.data_ptr<float>(),
+                                             margin.data_ptr<float>(), entropy.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {token, confidence, margin, entropy};
 }
 
+// token_stats_partial: the slice [vocab_start, vocab_start + V) as lead + V
+// virtual columns from the noise group edge col_base (token_stats.cuh).
+at::Tensor token_stats_partial_cuda(const at::Tensor& logits, double temperature, int64_t seed, int64_t offset,
+                                    bool tempered_scores, const std::optional<at::Tensor>& positions,
+                                    const std::optional<at::Tensor>& rng, int64_t vocab_start, int64_t row_offset) {
+  check_token_stats_partial_args(logits, temperature, seed, offset, positions, rng, vocab_start, row_offset);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t V = logits.size(-1);
+  const int64_t rows = logits.numel() / V;
+  at::Tensor out = new_token_stats_partial_output(logits);
+  if (rows == 0) return out;
+
+  const at::Tensor offsets = row_offsets(logits);
+  at::Tensor active;
+  if (positions.has_value()) active = positions->contiguous();
+  at::Tensor rng_device;
+  if (rng.has_value()) rng_device = rng->contiguous();
+  cuda::StatsParams p;
+  p.rows = rows;
+  p.lead = vocab_start % kNoiseGroup;
+  p.col_base = vocab_start - p.lead;
+  p.row_base = row_offset;
+  p.V = V + p.lead;
+  const at::Tensor partial = launch_stats_tuples<true>("token_stats_partial", logits, temperature, seed, offset,
+                                                       tempered_scores, offsets, active, rng_device, p);
+  const bool* active_ptr = active.defined() ? active.const_data_ptr<bool>() : nullptr;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int threads = 128;
+  cuda::token_stats_partial_finish_kernel<<<static_cast<unsigned>((rows + threads - 1) / threads), threads, 0,
+                                            stream>>>(reinterpret_cast<const cuda::StatsTuple*>(partial.const_data_ptr()),
+                                                      active_ptr, p, out.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dmkernels, CUDA, m) { m.impl("token_stats", &token_stats_cuda); }
+TORCH_LIBRARY_IMPL(dmkernels, CUDA, m) {
+  m.impl("token_stats", &token_stats_cuda);
+  m.impl("token_stats_partial", &token_stats_partial_cuda);
+}
 
 }  // namespace dmkernels

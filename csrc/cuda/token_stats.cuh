@@ -14,6 +14,16 @@
 //
 // Work unit: a thread takes 32 consecutive columns at a time, one noise group
 // (noise.h), so sampling draws 8 Philox blocks for 32 columns with no waste.
+//
+// token_stats_partial (a vocabulary slice [vocab_start, vocab_start + V) of
+// rows row_offset + r) runs the same tuple kernel with kSlice = true: the slice
+// is seen as a row of lead + V virtual columns, lead = vocab_start % 32, that
+// starts at global column col_base = vocab_start - lead (a noise group edge);
+// the first lead columns read as -inf (they never win and add 0 to the sums).
+// Noise is that of global column col_base + u and row row_base + r. Then
+// token_stats_partial_finish_kernel merges the splits as above and writes the
+// eight unfinished fields (dmkernels/reference/token_stats_partial.py) instead
+// of the scores. With kSlice = false the kernel is token_stats' own.
 #pragma once
 
 #include <cfloat>
@@ -112,12 +122,17 @@ struct StatsParams {
   float inv_temperature;
   NoiseKey key;
   const int64_t* rng;  // device (seed, offset) overriding `key` when set (CUDA graphs)
+  // Read by the kSlice kernels only (token_stats_partial): V above counts `lead`
+  // leading virtual -inf columns; column u is local column u - lead and global
+  // column col_base + u (col_base a multiple of 32); the noise row is row_base + row.
+  int64_t col_base = 0, lead = 0, row_base = 0;
 };
 
 // One block per (row, split): fold 32-column groups thread by thread, then
 // reduce the block and store one tuple per (row, split).
 // row_offset[r] is the element offset of row r (leading dims may be strided).
-template <typename T>
+// kSlice: a token_stats_partial slice (StatsParams' col_base, lead, row_base).
+template <typename T, bool kSlice = false>
 __global__ void __launch_bounds__(kStatsThreads)
     token_stats_partial_kernel(const T* __restrict__ logits, const int64_t* __restrict__ row_offset,
                                const bool* __restrict__ active, StatsParams p, StatsTuple* __restrict__ partial) {
@@ -136,7 +151,12 @@ __global__ void __launch_bounds__(kStatsThreads)
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
         const int64_t c = g0 + j;
-        const float v = c < c_end ? to_float(x[c]) : -INFINITY;
+        float v;
+        if constexpr (kSlice) {
+          v = c < c_end && c >= p.lead ? to_float(x[c - p.lead]) : -INFINITY;
+        } else {
+          v = c < c_end ? to_float(x[c]) : -INFINITY;
+        }
         z[j] = scale_scores ? __fmul_rn(v, p.inv_temperature) : v;
       }
       // Top-2 and first argmax in column order; group maximum for the sums.
@@ -181,10 +201,13 @@ __global__ void __launch_bounds__(kStatsThreads)
         }
         const float bound = t.best_y - fabsf(t.best_y) * 0x1p-20f;
         if (__fadd_rn(reach, kGumbelBound) > bound) {
-          const uint32_t block0 = static_cast<uint32_t>((g0 / kNoiseGroup) * kNoiseBlocksPerGroup);
+          // The noise of the global column and row (the same as the virtual ones without kSlice).
+          const int64_t noise_g0 = kSlice ? p.col_base + g0 : g0;
+          const int64_t noise_row = kSlice ? p.row_base + row : row;
+          const uint32_t block0 = static_cast<uint32_t>((noise_g0 / kNoiseGroup) * kNoiseBlocksPerGroup);
 #pragma unroll
           for (int b = 0; b < 8; ++b) {
-            const Philox4x32 w = noise_block(key, static_cast<uint32_t>(row), block0 + b);
+            const Philox4x32 w = noise_block(key, static_cast<uint32_t>(noise_row), block0 + b);
 #pragma unroll
             for (int word = 0; word < 4; ++word) {
               const int j = word * 8 + b;  // column offset inside the group (noise.h layout)
@@ -243,6 +266,49 @@ __global__ void token_stats_merge_kernel(const StatsTuple* __restrict__ partial,
   margin[row] = static_cast<float>((1.0 - exp(static_cast<double>(t.top2) - m)) / S);
   const double h = log(S) - A / S;
   entropy[row] = static_cast<float>(h > 0.0 ? h : 0.0);
+}
+
+// token_stats_partial: one thread per row merges the row's splits in order and
+// writes its eight fields, float32 [rows, 8] (MAX, SUM, ENT, SECOND, KEY, TOKEN,
+// TOKEN_SCORE, INVALID; dmkernels/reference/token_stats_partial.py). Columns in
+// the tuples are virtual: global = p.col_base + column.
+__global__ void token_stats_partial_finish_kernel(const StatsTuple* __restrict__ partial,
+                                                  const bool* __restrict__ active, StatsParams p,
+                                                  float* __restrict__ out) {
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (row >= p.rows) return;
+  float* o = out + row * 8;
+  if (active != nullptr && !active[row]) {  // the empty slice
+    o[0] = -INFINITY;
+    o[1] = 0.f;
+    o[2] = 0.f;
+    o[3] = -INFINITY;
+    o[4] = -INFINITY;
+    o[5] = -1.f;
+    o[6] = -INFINITY;
+    o[7] = 0.f;
+    return;
+  }
+  StatsTuple t = partial[row * p.splits];
+  for (int64_t s = 1; s < p.splits; ++s) t = combine(t, partial[row * p.splits + s]);
+  if (t.bad) {  // NaN or +inf: the invalid slice
+    for (int f = 0; f < 8; ++f) o[f] = NAN;
+    o[5] = -1.f;
+    o[7] = 1.f;
+    return;
+  }
+  // At T = 0 the token maximises x (= the score z), else the perturbed value.
+  const float key = p.sample ? t.best_y : t.top1;
+  const int64_t col = p.sample ? t.best_col : t.top1_col;
+  const bool has = key > -INFINITY;
+  o[0] = t.m;
+  o[1] = t.S;  // 0 for an all -inf slice (combine, and no sums while m = -inf)
+  o[2] = t.A;
+  o[3] = t.top2;
+  o[4] = key;
+  o[5] = has ? static_cast<float>(p.col_base + col) : -1.f;
+  o[6] = has ? (p.sample ? t.best_score : t.top1) : -INFINITY;
+  o[7] = 0.f;
 }
 
 }  // namespace cuda
