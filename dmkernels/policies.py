@@ -27,7 +27,7 @@ from .schedules import DreamTimesteps, LinearCounts, Schedule
 
 __all__ = [
     "StepContext", "Policy", "LowConfidence", "Random", "Margin", "Entropy", "DreamOrigin",
-    "Threshold", "Factor", "EntropyBounded", "Dilated",
+    "Threshold", "Factor", "EntropyBounded", "Dilated", "LearnedPolicy",
 ]
 
 
@@ -229,3 +229,7 @@ class Dilated(Policy):
         if self.remask_threshold is not None:
             select = ops.select_threshold(ctx.stats.confidence, select, float(self.remask_threshold))
         return select
+
+
+# After Policy and StepContext: dmkernels.learned builds on them.
+from .learned import LearnedPolicy  # noqa: E402

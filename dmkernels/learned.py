@@ -1,0 +1,308 @@
+"""Learned scheduling policies: a small network scores the masked positions.
+
+:class:`LearnedPolicy` turns a step's statistics into per-position features on
+the device, scores them with a scorer, and selects from the scores, like any
+other :class:`~dmkernels.policies.Policy`:
+
+  features  [B, W, F]: confidence, margin, entropy, log-probability of the
+            proposed token, relative position in the block, step fraction,
+            mask bit (and, optionally, a projection of the model's last hidden
+            state). Positions that are not masked get zeros but their mask bit.
+  scorer    [B, W, F] -> [B, W]: :class:`MLPScorer` (per position, about 150
+            parameters) or :class:`TransformerScorer` (one transformer block
+            over the block's feature sequence with step conditioning, about
+            0.3M parameters; it sees which positions are still masked, so it
+            can learn which ones interact).
+  selection "topk": the schedule's count (fixed-step decoding, like
+            LowConfidence); "threshold": every position with
+            sigmoid(score) > 0.5, at least the best (adaptive decoding, the
+            policy's own count, like Fast-dLLM's threshold).
+
+For training (:mod:`dmkernels.train`), ``explore`` makes the choice stochastic:
+Plackett-Luce sampling of the top-k set (Gumbel-top-k on score / explore) or
+independent Bernoulli(sigmoid(score)) draws in threshold mode, and a
+:class:`Trajectory` records what each step saw and chose, so that the exact
+log-probability of the chosen sets can be recomputed under new parameters
+(:func:`set_log_prob`).
+
+Save and load with safetensors: :meth:`LearnedPolicy.save` / :meth:`LearnedPolicy.load`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import ops
+from .policies import Policy, StepContext
+
+__all__ = ["FEATURES", "LearnedPolicy", "MLPScorer", "TransformerScorer", "Trajectory", "set_log_prob",
+           "step_features"]
+
+FEATURES = ("confidence", "margin", "entropy", "log_prob", "position", "step_fraction", "mask")
+NUM_FEATURES = len(FEATURES)
+_LOG_FLOOR = -30.0
+
+
+def step_features(ctx: StepContext) -> torch.Tensor:
+    """float32 features [B, W, 7] of a step (order: FEATURES), computed on the device."""
+    s = ctx.stats
+    eligible = ctx.eligible
+    B, W = eligible.shape
+
+    def clean(v):  # -inf / +inf / NaN (positions not masked, rows without a distribution) -> 0
+        v = v.float()
+        return torch.where(eligible & torch.isfinite(v), v, 0.0)
+
+    confidence = clean(s.confidence)
+    log_prob = torch.where(confidence > 0, torch.log(confidence.clamp_min(1e-30)), 0.0).clamp_min(_LOG_FLOOR)
+    position = torch.arange(W, device=eligible.device, dtype=torch.float32) / max(W - 1, 1)
+    steps = max(int(ctx.steps), 1)
+    step = torch.as_tensor(ctx.step, device=eligible.device, dtype=torch.float32)
+    return torch.stack([
+        confidence,
+        clean(s.margin),
+        clean(s.entropy),
+        torch.where(eligible, log_prob, 0.0),
+        position.expand(B, W),
+        (step / steps).expand(B, W),
+        eligible.float(),
+    ], dim=-1)
+
+
+class MLPScorer(nn.Module):
+    """One score per position from its features alone: F -> hidden -> 1."""
+
+    def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 16):
+        super().__init__()
+        self.config = dict(kind="mlp", num_features=num_features, hidden=hidden)
+        self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)
+
+
+class TransformerScorer(nn.Module):
+    """One pre-norm transformer block over the block's feature sequence.
+
+    Inputs: features projected to ``d_model``, plus a learned position embedding
+    (up to ``max_positions`` positions per block) and a step embedding (a
+    projection of the step fraction), so the scores of a position depend on
+    which other positions are still masked and how sure the model is there.
+    """
+
+    def __init__(self, num_features: int = NUM_FEATURES, d_model: int = 128, heads: int = 4, ff: int = 512,
+                 max_positions: int = 512):
+        super().__init__()
+        self.config = dict(kind="transformer", num_features=num_features, d_model=d_model, heads=heads, ff=ff,
+                           max_positions=max_positions)
+        self.inp = nn.Linear(num_features, d_model)
+        self.pos = nn.Embedding(max_positions, d_model)
+        self.step = nn.Linear(1, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, ff), nn.GELU(), nn.Linear(ff, d_model))
+        self.out = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 1))
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        B, W, _ = features.shape
+        if W > self.pos.num_embeddings:
+            raise ValueError(f"TransformerScorer: blocks of {W} positions exceed max_positions = "
+                             f"{self.pos.num_embeddings}")
+        step_fraction = features[..., FEATURES.index("step_fraction"):FEATURES.index("step_fraction") + 1]
+        h = self.inp(features) + self.pos.weight[:W] + self.step(step_fraction)
+        a = self.norm1(h)
+        h = h + self.attn(a, a, a, need_weights=False)[0]
+        h = h + self.ff(self.norm2(h))
+        return self.out(h).squeeze(-1)
+
+
+SCORERS = {"mlp": MLPScorer, "transformer": TransformerScorer}
+
+
+@dataclass
+class Trajectory:
+    """What a policy saw and chose at each step of a rollout (for the trainers).
+
+    Per step: features [B, W, F], eligible [B, W], quota [B] (top-k mode) or
+    None, chosen [B, W], and the log-probability of the chosen set under the
+    policy that chose it [B].
+    """
+
+    features: list = field(default_factory=list)
+    eligible: list = field(default_factory=list)
+    quota: list = field(default_factory=list)
+    chosen: list = field(default_factory=list)
+    log_prob: list = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.features)
+
+
+class LearnedPolicy(Policy):
+    """A scorer network choosing which masked positions to commit.
+
+    Parameters
+    ----------
+    scorer : an ``nn.Module`` mapping features [B, W, F] to scores [B, W]
+        (:class:`MLPScorer`, :class:`TransformerScorer` or your own).
+    selection : "topk" (the schedule's count per step; scheduled) or
+        "threshold" (sigmoid(score) > 0.5, at least one; adaptive).
+    schedule : for "topk"; default LinearCounts.
+    explore : None (deterministic) or a temperature > 0: sample the chosen set
+        (Plackett-Luce on score / explore for "topk", Bernoulli(sigmoid(score /
+        explore)) for "threshold"), drawing from ``ctx.generator``.
+    """
+
+    def __init__(self, scorer: nn.Module, *, selection: str = "topk", schedule=None, explore: float | None = None):
+        if selection not in ("topk", "threshold"):
+            raise ValueError(f"LearnedPolicy: selection must be 'topk' or 'threshold', got {selection!r}")
+        self.adaptive = selection == "threshold"
+        super().__init__(schedule)
+        self.scorer = scorer
+        self.selection = selection
+        self.explore = explore
+        self.needs_generator = True  # only draws when exploring; harmless otherwise
+        self.trajectory: Trajectory | None = None
+
+    @property
+    def uses_quota(self):
+        return self.selection == "topk"
+
+    def scores(self, features: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+        """float32 scores [B, W]; -inf where not eligible."""
+        s = self.scorer(features).float()
+        return torch.where(eligible, s, float("-inf"))
+
+    @torch.no_grad()
+    def select(self, ctx: StepContext) -> torch.Tensor:
+        features = step_features(ctx)
+        scores = self.scores(features, ctx.eligible)
+        if self.explore:
+            chosen = self._sample(scores, ctx)
+        elif self.selection == "topk":
+            chosen = ops.select_topk(scores, ctx.quota, ctx.eligible)
+        else:
+            chosen = ops.select_threshold(torch.sigmoid(scores), ctx.eligible, 0.5)
+        if self.trajectory is not None:
+            t = self.trajectory
+            t.features.append(features)
+            t.eligible.append(ctx.eligible.clone())
+            t.quota.append(None if ctx.quota is None else ctx.quota.clone())
+            t.chosen.append(chosen)
+            t.log_prob.append(set_log_prob(scores, chosen, ctx.eligible, self.selection, self.explore or 1.0))
+        return chosen
+
+    def _sample(self, scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        u = torch.rand(scores.shape, device=scores.device, generator=ctx.generator).clamp_min(1e-12)
+        if self.selection == "topk":
+            gumbel = -torch.log(-torch.log(u))
+            return ops.select_topk(scores / self.explore + gumbel, ctx.quota, ctx.eligible)
+        p = torch.sigmoid(scores / self.explore)
+        drawn = ctx.eligible & (u < p)
+        # None drawn in a row that has eligible positions: take the most likely one.
+        best = ops.select_topk(scores, torch.ones_like(ctx.eligible[:, 0], dtype=torch.int64), ctx.eligible)
+        return torch.where(drawn.any(-1, keepdim=True), drawn, best)
+
+    # Persistence -------------------------------------------------------------
+
+    def save(self, path: str) -> None:
+        """Weights and configuration in one safetensors file."""
+        from safetensors.torch import save_file
+
+        config = getattr(self.scorer, "config", None)
+        if config is None:
+            raise ValueError("LearnedPolicy.save: the scorer needs a .config dict (MLPScorer, TransformerScorer)")
+        meta = {"dmkernels": json.dumps(dict(scorer=config, selection=self.selection))}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.scorer.state_dict().items()}
+        save_file(tensors, path, metadata=meta)
+
+    @classmethod
+    def load(cls, path: str, *, device=None, schedule=None, explore=None) -> "LearnedPolicy":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("dmkernels", "null") or "null")
+        if meta is None:
+            raise ValueError(f"LearnedPolicy.load: {path} was not written by LearnedPolicy.save")
+        config = dict(meta["scorer"])
+        kind = config.pop("kind")
+        scorer = SCORERS[kind](**config)
+        scorer.load_state_dict(load_file(path))
+        scorer.eval()
+        if device is not None:
+            scorer.to(device)
+        return cls(scorer, selection=meta["selection"], schedule=schedule, explore=explore)
+
+    def __repr__(self):
+        kind = getattr(self.scorer, "config", {}).get("kind", type(self.scorer).__name__)
+        return f"LearnedPolicy({kind}, selection={self.selection!r}, explore={self.explore!r})"
+
+
+# Log-probability of a chosen set ----------------------------------------------
+
+MAX_EXACT_SET = 12
+
+
+def set_log_prob(scores: torch.Tensor, chosen: torch.Tensor, eligible: torch.Tensor, selection: str,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """log P(chosen set) [B] under the exploring policy with these scores.
+
+    "threshold": independent Bernoulli(sigmoid(score / T)) over eligible positions,
+    and a row that drew nothing takes its best position, so a chosen singleton
+    {best} also has the probability of drawing nothing.
+
+    "topk": k positions drawn without replacement with probabilities
+    proportional to w = exp(score / T) (Plackett-Luce). The set's probability
+    is that the k chosen all come before every other position in a race of
+    exponential clocks with rates w:
+      P(S) = integral_0^inf w_R e^{-w_R t} prod_{i in S} (1 - e^{-w_i t}) dt
+           = sum_{A subset of S} (-1)^|A| w_R / (w_R + w_A)
+    with w_R the total weight of the unchosen eligible positions: exact, in
+    2^k terms, for k <= MAX_EXACT_SET. Differentiable in ``scores``.
+    """
+    z = scores.double() / temperature
+    if selection == "threshold":
+        logp = torch.nn.functional.logsigmoid(z)
+        log1mp = torch.nn.functional.logsigmoid(-z)
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        drawn = torch.where(chosen, logp, torch.where(eligible, log1mp, zero)).sum(-1)
+        none = torch.where(eligible, log1mp, zero).sum(-1)
+        single = chosen.sum(-1) == 1
+        best = torch.where(eligible, z, -math.inf).argmax(-1, keepdim=True)
+        is_best = chosen.gather(-1, best).squeeze(-1) & single
+        return torch.where(is_best, torch.logaddexp(drawn, none), drawn)
+
+    k = chosen.sum(-1)
+    K = int(k.max()) if k.numel() else 0
+    if K > MAX_EXACT_SET:
+        raise ValueError(f"set_log_prob: sets of {K} positions exceed the exact limit {MAX_EXACT_SET}; "
+                         "use more steps (fewer positions per step)")
+    B = z.shape[0]
+    if K == 0:
+        return z.new_zeros(B)
+    zmax = torch.where(eligible, z, -math.inf).max(-1, keepdim=True).values
+    w = torch.where(eligible, torch.exp(z - zmax), 0.0)
+    w_rest = torch.where(chosen, 0.0, w).sum(-1)  # [B]
+    # Chosen weights padded to K; padding acts as an infinite weight (always first).
+    order = torch.argsort(chosen.to(torch.int8), dim=-1, descending=True, stable=True)[:, :K]
+    w_chosen = w.gather(-1, order)
+    real = torch.arange(K, device=z.device)[None, :] < k[:, None]
+    subsets = torch.arange(1 << K, device=z.device)
+    bits = ((subsets[:, None] >> torch.arange(K, device=z.device)[None, :]) & 1).bool()  # [2^K, K]
+    size = bits.sum(-1)
+    sign = torch.where(size % 2 == 0, 1.0, -1.0).to(z.dtype)
+    w_subset = (bits[None].to(z.dtype) * w_chosen[:, None, :]).sum(-1)  # [B, 2^K]
+    uses_pad = (bits[None] & ~real[:, None, :]).any(-1)
+    w_rest_safe = torch.where(w_rest > 0, w_rest, 1.0)[:, None]  # no 0/0, even in the gradient
+    terms = torch.where(uses_pad, 0.0, sign * w_rest_safe / (w_rest_safe + w_subset))
+    p = terms.sum(-1)
+    # Every eligible position chosen (w_rest = 0): the set is certain.
+    p = torch.where(w_rest > 0, p, 1.0)
+    return torch.log(p.clamp_min(1e-300))

@@ -1,0 +1,172 @@
+"""Training learned scheduling policies (the denoiser stays frozen).
+
+Two trainers for a :class:`~dmkernels.learned.LearnedPolicy`, both driven by a
+user's reward function ``reward_fn(sequences [N, L], prompt_index [N]) -> [N]``
+(float, higher is better) and both rolling out through the real sampler
+(``dmkernels.generate``, or ``dmkernels.infill`` with ``infill=True``), so a policy
+is trained exactly as it will run:
+
+* :func:`grpo` - Group Relative Policy Optimisation, as in Self-Aware Scheduling:
+  ``group_size`` rollouts per prompt under the exploring policy (Plackett-Luce
+  sampling of the positions), rewards normalised within each group, a clipped
+  importance-ratio objective over the exact log-probabilities of the chosen
+  sets, and a KL penalty to the initial (reference) policy.
+* :func:`rloo` - REINFORCE with a leave-one-out baseline over ``samples``
+  rollouts per prompt: the score-function estimator of the variational
+  objective of "learning generation orders" (the order is the latent variable,
+  the selector its posterior).
+
+Each returns the history: one dict per iteration (mean reward, loss).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+
+from .learned import LearnedPolicy, Trajectory, set_log_prob
+from .sampler import generate, infill as infill_fn
+
+__all__ = ["grpo", "rloo", "rollout", "trajectory_log_probs"]
+
+RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def rollout(policy: LearnedPolicy, model, prompts: torch.Tensor, *, seed: int, explore: float | None,
+            infill: bool = False, **generate_kwargs) -> tuple[torch.Tensor, Trajectory]:
+    """Run the sampler with ``policy`` (exploring at temperature ``explore``) and
+    record every step; returns (sequences, trajectory)."""
+    saved = policy.explore, policy.trajectory
+    policy.explore, policy.trajectory = explore, Trajectory()
+    try:
+        run = infill_fn if infill else generate
+        out = run(model, prompts, policy=policy, seed=seed, **generate_kwargs)
+        return out.sequences, policy.trajectory
+    finally:
+        policy.explore, policy.trajectory = saved
+
+
+def trajectory_log_probs(policy: LearnedPolicy, trajectory: Trajectory, scorer=None) -> torch.Tensor:
+    """log P(chosen set) [T, N] of every recorded step under ``scorer`` (default the
+    policy's own, with gradients)."""
+    scorer = scorer or policy.scorer
+    temperature = policy.explore or 1.0
+    out = []
+    for features, eligible, chosen in zip(trajectory.features, trajectory.eligible, trajectory.chosen):
+        scores = torch.where(eligible, scorer(features).float(), float("-inf"))
+        out.append(set_log_prob(scores, chosen, eligible, policy.selection, temperature))
+    return torch.stack(out)
+
+
+def _decisions(trajectory: Trajectory) -> torch.Tensor:
+    """[T, N] bool: steps where the row had a choice to make (something eligible)."""
+    return torch.stack([e.any(-1) for e in trajectory.eligible])
+
+
+def _check(policy, prompts, reward_fn, per_prompt, name):
+    if not isinstance(policy, LearnedPolicy):
+        raise TypeError(f"dmkernels.train.{name}: policy must be a LearnedPolicy, got {type(policy).__name__}")
+    if not callable(reward_fn):
+        raise TypeError(f"dmkernels.train.{name}: reward_fn must be callable")
+    if not isinstance(prompts, torch.Tensor) or prompts.dim() != 2 or prompts.shape[0] < 1:
+        raise ValueError(f"dmkernels.train.{name}: prompts must be a 2-D tensor [N, L] with N >= 1")
+    if per_prompt < 2:
+        raise ValueError(f"dmkernels.train.{name}: needs at least 2 rollouts per prompt, got {per_prompt}")
+
+
+def _rewards(reward_fn, sequences, index, name):
+    r = reward_fn(sequences, index)
+    r = torch.as_tensor(r, dtype=torch.float32, device=sequences.device)
+    if r.shape != (sequences.shape[0],):
+        raise ValueError(f"dmkernels.train.{name}: reward_fn must return one reward per sequence "
+                         f"[{sequences.shape[0]}], got shape {list(r.shape)}")
+    return r
+
+
+def grpo(policy: LearnedPolicy, model, prompts: torch.Tensor, reward_fn: RewardFn, *, iterations: int = 100,
+         prompts_per_iteration: int = 8, group_size: int = 8, lr: float = 3e-4, clip: float = 0.2,
+         kl_coef: float = 0.04, inner_epochs: int = 2, explore: float = 1.0, seed: int = 0, infill: bool = False,
+         log: Callable[[dict], None] | None = None, **generate_kwargs) -> list[dict]:
+    """Train ``policy`` in place with GRPO; returns one record per iteration."""
+    _check(policy, prompts, reward_fn, group_size, "grpo")
+    reference = copy.deepcopy(policy.scorer).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy.scorer.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    saved_explore = policy.explore
+    policy.explore = explore
+    try:
+        for it in range(iterations):
+            pick = torch.randperm(prompts.shape[0], generator=g)[:prompts_per_iteration]
+            index = pick.repeat_interleave(group_size)
+            batch = prompts[index.to(prompts.device)]
+            sequences, traj = rollout(policy, model, batch, seed=seed * 1_000_003 + it, explore=explore,
+                                      infill=infill, **generate_kwargs)
+            rewards = _rewards(reward_fn, sequences, index, "grpo")
+            grouped = rewards.view(-1, group_size)
+            advantage = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-6)).view(-1)
+            if len(traj) == 0:
+                raise RuntimeError("dmkernels.train.grpo: the rollout made no decisions")
+            old = torch.stack(traj.log_prob).detach()
+            valid = _decisions(traj).to(old.dtype)
+            with torch.no_grad():
+                ref = trajectory_log_probs(policy, traj, reference)
+            for _ in range(inner_epochs):
+                new = trajectory_log_probs(policy, traj)
+                ratio = torch.exp(new - old)
+                adv = advantage.to(new.dtype)[None, :]
+                surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+                log_ratio_ref = ref - new
+                kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1
+                loss = -((surrogate - kl_coef * kl) * valid).sum() / valid.sum().clamp_min(1)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            record = dict(iteration=it, reward=float(rewards.mean()), loss=float(loss.detach()),
+                          kl=float((kl * valid).sum() / valid.sum().clamp_min(1)))
+            history.append(record)
+            if log is not None:
+                log(record)
+    finally:
+        policy.explore = saved_explore
+    return history
+
+
+def rloo(policy: LearnedPolicy, model, prompts: torch.Tensor, reward_fn: RewardFn, *, iterations: int = 100,
+         prompts_per_iteration: int = 8, samples: int = 4, lr: float = 3e-4, explore: float = 1.0, seed: int = 0,
+         infill: bool = False, log: Callable[[dict], None] | None = None, **generate_kwargs) -> list[dict]:
+    """Train ``policy`` in place with REINFORCE and a leave-one-out baseline."""
+    _check(policy, prompts, reward_fn, samples, "rloo")
+    optimizer = torch.optim.AdamW(policy.scorer.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    saved_explore = policy.explore
+    policy.explore = explore
+    try:
+        for it in range(iterations):
+            pick = torch.randperm(prompts.shape[0], generator=g)[:prompts_per_iteration]
+            index = pick.repeat_interleave(samples)
+            batch = prompts[index.to(prompts.device)]
+            sequences, traj = rollout(policy, model, batch, seed=seed * 1_000_003 + it, explore=explore,
+                                      infill=infill, **generate_kwargs)
+            rewards = _rewards(reward_fn, sequences, index, "rloo")
+            grouped = rewards.view(-1, samples)
+            baseline = (grouped.sum(1, keepdim=True) - grouped) / (samples - 1)
+            advantage = (grouped - baseline).view(-1)
+            valid = _decisions(traj)
+            logp = (trajectory_log_probs(policy, traj) * valid).sum(0)  # log P(order) per rollout
+            loss = -(advantage.to(logp.dtype) * logp).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            record = dict(iteration=it, reward=float(rewards.mean()), loss=float(loss.detach()))
+            history.append(record)
+            if log is not None:
+                log(record)
+    finally:
+        policy.explore = saved_explore
+    return history

@@ -1,0 +1,280 @@
+"""Learned policies: features, scorers, selection, exact set log-probabilities,
+save/load, no host sync, and the trainers improving a toy task where order matters."""
+import itertools
+import math
+
+import pytest
+import torch
+
+import dmkernels
+from dmkernels import policies as P
+from dmkernels.learned import (
+    FEATURES,
+    LearnedPolicy,
+    MLPScorer,
+    TransformerScorer,
+    set_log_prob,
+    step_features,
+)
+from dmkernels.policies import StepContext
+from dmkernels.testing import forbid_host_sync
+from dmkernels.train import grpo, rloo, rollout
+
+# A toy denoiser where order matters. Tokens 0..9, [MASK] = 10. The answer at
+# position j is j % 10. A position whose left neighbour is already decoded (or
+# j = 0) proposes the answer with probability ~0.55; any other position proposes
+# a wrong token with probability ~0.95. Confidence is therefore a trap: the most
+# confident positions are the wrong ones, and the best order is left to right.
+V, MASK, W = 11, 10, 8
+
+
+class OrderToy(torch.nn.Module):
+    def forward(self, x, attention_mask=None):
+        B, L = x.shape
+        j = torch.arange(L)
+        left_done = torch.cat([torch.ones(B, 1, dtype=torch.bool), x[:, :-1] != MASK], 1)
+        right = (j % 10).expand(B, L)
+        wrong = ((j + 3) % 10).expand(B, L)
+        token = torch.where(left_done, right, wrong)
+        level = torch.where(left_done, 2.0, 5.0)  # softmax peak ~0.55 vs ~0.95 over 11 tokens
+        logits = torch.zeros(B, L, V)
+        logits.scatter_(-1, token[..., None], level[..., None])
+        logits[..., MASK] = float("-inf")
+        return logits
+
+
+def toy_reward(sequences, index):
+    return (sequences == torch.arange(sequences.shape[1]) % 10).float().mean(-1)
+
+
+def toy_canvas(n):
+    return torch.full((n, W), MASK)
+
+
+def greedy_reward(policy, n=16):
+    out = dmkernels.infill(OrderToy(), toy_canvas(n), steps=W, policy=policy, mask_id=MASK, seed=0)
+    return float(toy_reward(out.sequences, None).mean())
+
+
+def make_ctx(B=3, Wd=9, step=2, steps=5, quota=None):
+    logits = torch.randn(B, Wd, 13) * 2
+    eligible = torch.rand(B, Wd) < 0.6
+    if B > 1:
+        eligible[0] = False  # a row with nothing to choose
+        eligible[1, 0] = True
+    stats = dmkernels.token_stats(logits, positions=eligible)
+    return StepContext(stats=stats, eligible=eligible, step=step, steps=steps, block=0,
+                       quota=quota if quota is not None else torch.full((B,), 2),
+                       logits=logits, x=torch.zeros(B, Wd, dtype=torch.int64), generator=torch.Generator(),
+                       schedule=None)
+
+
+def test_features_are_the_documented_ones_and_zero_off_the_masks():
+    ctx = make_ctx()
+    f = step_features(ctx)
+    assert f.shape == (3, 9, len(FEATURES)) and f.dtype == torch.float32
+    assert torch.isfinite(f).all()
+    e = ctx.eligible
+    col = {name: f[..., i] for i, name in enumerate(FEATURES)}
+    torch.testing.assert_close(col["confidence"][e], ctx.stats.confidence[e])
+    torch.testing.assert_close(col["margin"][e], ctx.stats.margin[e])
+    torch.testing.assert_close(col["entropy"][e], ctx.stats.entropy[e])
+    torch.testing.assert_close(col["log_prob"][e], ctx.stats.confidence[e].log())
+    assert torch.equal(col["mask"], e.float())
+    for name in ("confidence", "margin", "entropy", "log_prob"):
+        assert (col[name][~e] == 0).all()
+    torch.testing.assert_close(col["position"][0], torch.arange(9) / 8.0)
+    assert (col["step_fraction"] == 2 / 5).all()
+
+
+def test_scorer_sizes():
+    mlp = MLPScorer()
+    tr = TransformerScorer()
+    n_mlp = sum(p.numel() for p in mlp.parameters())
+    n_tr = sum(p.numel() for p in tr.parameters())
+    assert 100 <= n_mlp < 1000
+    assert 0.2e6 <= n_tr <= 0.4e6
+    x = torch.randn(2, 9, len(FEATURES))
+    assert mlp(x).shape == (2, 9) and tr(x).shape == (2, 9)
+    with pytest.raises(ValueError, match="max_positions"):
+        TransformerScorer(max_positions=4)(x)
+
+
+@pytest.mark.parametrize("scorer", [MLPScorer, TransformerScorer])
+def test_topk_selection_takes_the_quota_and_threshold_at_least_one(scorer):
+    torch.manual_seed(0)
+    ctx = make_ctx(quota=torch.tensor([3, 2, 1]))
+    chosen = LearnedPolicy(scorer()).select(ctx)
+    assert torch.equal(chosen.sum(-1), torch.minimum(ctx.quota, ctx.eligible.sum(-1)))
+    assert not (chosen & ~ctx.eligible).any()
+    chosen = LearnedPolicy(scorer(), selection="threshold").select(ctx)
+    has = ctx.eligible.any(-1)
+    assert (chosen.sum(-1)[has] >= 1).all() and not chosen[~has].any()
+    assert not (chosen & ~ctx.eligible).any()
+    with pytest.raises(ValueError, match="selection"):
+        LearnedPolicy(scorer(), selection="sometimes")
+
+
+def brute_force_topk(scores, chosen, eligible, T):
+    out = []
+    for b in range(scores.shape[0]):
+        w = {i: math.exp(scores[b, i].item() / T) for i in range(scores.shape[1]) if eligible[b, i]}
+        S = [i for i in range(scores.shape[1]) if chosen[b, i]]
+        total = 0.0
+        for perm in itertools.permutations(S):
+            p, rest = 1.0, dict(w)
+            for i in perm:
+                p *= rest[i] / sum(rest.values())
+                del rest[i]
+            total += p
+        out.append(math.log(total))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def brute_force_threshold(scores, chosen, eligible):
+    out = []
+    for b in range(scores.shape[0]):
+        p = torch.sigmoid(scores[b].double())
+        idx = [i for i in range(scores.shape[1]) if eligible[b, i]]
+        best = max(idx, key=lambda i: scores[b, i].item())
+        total = 0.0
+        for bits in itertools.product([0, 1], repeat=len(idx)):
+            drawn = {i for i, bit in zip(idx, bits) if bit} or {best}
+            if drawn == {i for i in range(scores.shape[1]) if chosen[b, i]}:
+                total += math.prod(p[i].item() if bit else 1 - p[i].item() for i, bit in zip(idx, bits))
+        out.append(math.log(total))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_set_log_prob_is_exact():
+    scores = torch.randn(4, 7) * 1.5
+    eligible = torch.rand(4, 7) < 0.8
+    eligible[:, :3] = True
+    chosen = torch.zeros(4, 7, dtype=torch.bool)
+    chosen[0, [0, 2]] = True
+    chosen[1, [1]] = True
+    chosen[2, [0, 1, 2]] = True
+    chosen[3, :] = eligible[3]  # everything: certain
+    torch.testing.assert_close(set_log_prob(scores, chosen, eligible, "topk", 0.7),
+                               brute_force_topk(scores, chosen, eligible, 0.7))
+    best = torch.where(eligible, scores, -1e9).argmax(-1)
+    single_best = torch.zeros_like(chosen)
+    single_best[torch.arange(4), best] = True
+    for c in (chosen & eligible, single_best):
+        torch.testing.assert_close(set_log_prob(scores, c, eligible, "threshold"),
+                                   brute_force_threshold(scores, c, eligible))
+    # Differentiable.
+    s = scores.clone().requires_grad_()
+    set_log_prob(s, chosen, eligible, "topk").sum().backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_exploring_topk_draws_sets_with_their_probability():
+    torch.manual_seed(1)
+    B, Wd = 1, 5
+    ctx = make_ctx(B=1, Wd=Wd, quota=torch.tensor([2]))
+    ctx.eligible[:] = True
+    ctx.stats = dmkernels.token_stats(ctx.logits, positions=ctx.eligible)
+    policy = LearnedPolicy(MLPScorer(), explore=0.8)
+    ctx.generator.manual_seed(0)
+    counts = {}
+    n = 1500
+    for _ in range(n):
+        key = tuple(policy.select(ctx)[0].nonzero().flatten().tolist())
+        counts[key] = counts.get(key, 0) + 1
+    scores = policy.scores(step_features(ctx), ctx.eligible)
+    chi2, dof = 0.0, -1
+    for S in itertools.combinations(range(Wd), 2):
+        chosen = torch.zeros(1, Wd, dtype=torch.bool)
+        chosen[0, list(S)] = True
+        expected = n * set_log_prob(scores, chosen, ctx.eligible, "topk", 0.8).exp().item()
+        chi2 += (counts.get(S, 0) - expected) ** 2 / expected
+        dof += 1
+    assert chi2 < dof + 5 * math.sqrt(2 * dof), (chi2, dof)  # far beyond chance would fail
+
+
+@pytest.mark.parametrize("selection", ["topk", "threshold"])
+@pytest.mark.parametrize("explore", [None, 1.0])
+def test_runs_in_generate_without_host_sync(selection, explore):
+    policy = LearnedPolicy(TransformerScorer(d_model=32, ff=64), selection=selection, explore=explore)
+    model = OrderToy()
+    with forbid_host_sync():
+        out = dmkernels.generate(model, torch.zeros(2, 3, dtype=torch.int64), gen_length=8, block_length=4,
+                                 steps=4, policy=policy, mask_id=MASK, seed=0)
+    assert not (out.sequences == MASK).any()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    for scorer, selection in ((MLPScorer(hidden=8), "topk"), (TransformerScorer(d_model=32, ff=64), "threshold")):
+        policy = LearnedPolicy(scorer, selection=selection)
+        path = str(tmp_path / f"{selection}.safetensors")
+        policy.save(path)
+        loaded = LearnedPolicy.load(path)
+        assert loaded.selection == selection and type(loaded.scorer) is type(scorer)
+        ctx = make_ctx()
+        assert torch.equal(loaded.select(ctx), policy.select(ctx))
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not written by LearnedPolicy"):
+        LearnedPolicy.load(str(tmp_path / "other.safetensors"))
+
+
+def test_the_toy_task_punishes_confidence():
+    assert greedy_reward(P.LowConfidence()) <= 0.5
+    # Left to right is perfect: a policy that scores by -position.
+    class LeftToRight(P.Policy):
+        def select(self, ctx):
+            scores = -torch.arange(ctx.eligible.shape[1], dtype=torch.float32).expand_as(ctx.eligible)
+            return dmkernels.select_topk(scores, ctx.quota, ctx.eligible)
+    assert greedy_reward(LeftToRight()) == 1.0
+
+
+def test_rollout_records_every_step():
+    policy = LearnedPolicy(MLPScorer())
+    seqs, traj = rollout(policy, OrderToy(), toy_canvas(3), seed=0, explore=1.0, infill=True, steps=4,
+                         mask_id=MASK)
+    assert len(traj) == 4 and seqs.shape == (3, W)
+    assert policy.trajectory is None and policy.explore is None  # restored
+    assert all(c.sum(-1).eq(2).all() for c in traj.chosen)
+
+
+def confidence_like_mlp():
+    """An MLP that starts out scoring by confidence (the heuristic the toy punishes)."""
+    mlp = MLPScorer(hidden=8)
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.mul_(0.01)
+        mlp.net[0].weight[0, FEATURES.index("confidence")] = 5.0
+        mlp.net[2].weight[0, 0] = 1.0
+    return mlp
+
+
+@pytest.mark.parametrize("trainer", ["grpo", "rloo"])
+def test_training_raises_the_reward_on_the_toy_task(trainer):
+    torch.manual_seed(0)
+    policy = LearnedPolicy(confidence_like_mlp())
+    before = greedy_reward(policy)
+    assert before <= 0.5  # starts as the confidence heuristic
+    kw = dict(iterations=40, prompts_per_iteration=2, lr=3e-2, seed=0, infill=True, steps=W, mask_id=MASK)
+    if trainer == "grpo":
+        history = grpo(policy, OrderToy(), toy_canvas(4), toy_reward, group_size=8, **kw)
+    else:
+        history = rloo(policy, OrderToy(), toy_canvas(4), toy_reward, samples=8, **kw)
+    after = greedy_reward(policy)
+    first = sum(h["reward"] for h in history[:5]) / 5
+    last = sum(h["reward"] for h in history[-5:]) / 5
+    assert last > first + 0.15, (first, last)
+    assert after > before + 0.3 and after >= 0.9, (before, after)
+
+
+def test_trainer_errors_name_the_argument():
+    policy = LearnedPolicy(MLPScorer())
+    with pytest.raises(TypeError, match="LearnedPolicy"):
+        grpo(P.LowConfidence(), OrderToy(), toy_canvas(2), toy_reward)
+    with pytest.raises(ValueError, match="prompts"):
+        grpo(policy, OrderToy(), torch.zeros(3, dtype=torch.int64), toy_reward)
+    with pytest.raises(ValueError, match="rollouts per prompt"):
+        rloo(policy, OrderToy(), toy_canvas(2), toy_reward, samples=1)
+    with pytest.raises(ValueError, match="one reward per sequence"):
+        grpo(policy, OrderToy(), toy_canvas(2), lambda s, i: torch.zeros(1), iterations=1, infill=True, steps=W,
+             mask_id=MASK)
