@@ -16,6 +16,13 @@ template __global__ void token_stats_partial_kernel<__half>(const __half*, const
                                                             StatsTuple*);
 template __global__ void token_stats_partial_kernel<__nv_bfloat16>(const __nv_bfloat16*, const int64_t*, const bool*,
                                                                    StatsParams, StatsTuple*);
+// The vocabulary-slice variant (token_stats_partial).
+template __global__ void token_stats_partial_kernel<float, true>(const float*, const int64_t*, const bool*,
+                                                                 StatsParams, StatsTuple*);
+template __global__ void token_stats_partial_kernel<__half, true>(const __half*, const int64_t*, const bool*,
+                                                                  StatsParams, StatsTuple*);
+template __global__ void token_stats_partial_kernel<__nv_bfloat16, true>(const __nv_bfloat16*, const int64_t*,
+                                                                         const bool*, StatsParams, StatsTuple*);
 
 #define DMK_SELECT_INSTANCES(S)                                                                             \
   template __global__ void select_topk_kernel<S>(Rows<S>, Rows<bool>, const int64_t*, int64_t, bool*);    \
