@@ -11,7 +11,7 @@ PIP := $(PYTHON) -m pip
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
-	$(PIP) install --quiet ninja numpy pytest pytest-benchmark hypothesis transformers tqdm
+	$(PIP) install --quiet ninja numpy pytest pytest-benchmark hypothesis transformers tqdm safetensors matplotlib
 	@$(PYTHON) -c "import triton" 2>/dev/null || $(PIP) install --quiet triton
 	@# First time: an editable install (builds dmkernels._C into the tree). Later:
 	@# an incremental in-place rebuild (ninja keeps build/) of what changed.

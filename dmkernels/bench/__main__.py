@@ -1,4 +1,4 @@
-"""``python -m dmkernels.bench [--quick] [--e2e] [--distributed] [--json PATH] [--filter SUBSTR] [--device cpu|cuda]``
+"""``python -m dmkernels.bench [quality] [--quick] [--e2e] [--distributed] [--json PATH] [--filter SUBSTR] [--device cpu|cuda]``
 
 Times every case of dmkernels/bench/cases.py (ours and its baseline), measures
 the peak memory each side allocates, checks both outputs, and prints one row per
@@ -83,6 +83,9 @@ def run_case(case: Case, device: torch.device, budget_s: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmkernels.bench", description=__doc__.split("\n\n")[1])
+    parser.add_argument("job", nargs="?", choices=("speed", "quality"), default="speed",
+                        help="speed (default): the op, end-to-end and distributed timings; quality: the Sudoku "
+                             "policy benchmark (dmkernels/bench/quality.py)")
     parser.add_argument("--quick", action="store_true",
                         help="small shapes only (a smoke test, well under a minute); no end-to-end cases "
                              "unless --e2e is given too (then the small ones)")
@@ -95,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the records to PATH as a JSON list")
     parser.add_argument("--filter", metavar="SUBSTR", help="only cases whose name contains SUBSTR")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    parser.add_argument("--puzzles", type=int, help="quality: number of held-out puzzles (default 200, quick 24)")
+    parser.add_argument("--out-dir", default="benchmarks/results",
+                        help="quality: where sudoku_quality.json and .png go (default benchmarks/results)")
     args = parser.parse_args(argv)
+    if args.job == "quality":
+        from dmkernels.bench import quality
+
+        return quality.main(args)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
