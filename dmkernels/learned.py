@@ -6,8 +6,10 @@ other :class:`~dmkernels.policies.Policy`:
 
   features  [B, W, F]: confidence, margin, entropy, log-probability of the
             proposed token, relative position in the block, step fraction,
-            mask bit (and, optionally, a projection of the model's last hidden
-            state). Positions that are not masked get zeros but their mask bit.
+            mask bit. Positions that are not masked get zeros but their mask
+            bit. A scorer built with ``hidden_size`` also reads the model's last
+            hidden state through a linear projection (the sampler then calls
+            the model with ``output_hidden_states=True``).
   scorer    [B, W, F] -> [B, W]: :class:`MLPScorer` (per position, about 150
             parameters) or :class:`TransformerScorer` (one transformer block
             over the block's feature sequence with step conditioning, about
@@ -73,19 +75,38 @@ def step_features(ctx: StepContext) -> torch.Tensor:
     ], dim=-1)
 
 
-class MLPScorer(nn.Module):
+class _HiddenInput(nn.Module):
+    """Optional input from the model: its last hidden state [B, W, hidden_size]
+    through a linear projection to ``hidden_features`` extra features."""
+
+    def _init_hidden(self, hidden_size, hidden_features):
+        self.hidden_proj = nn.Linear(hidden_size, hidden_features) if hidden_size else None
+        return hidden_features if hidden_size else 0
+
+    def _inputs(self, features, hidden):
+        if self.hidden_proj is None:
+            return features
+        if hidden is None:
+            raise ValueError(f"{type(self).__name__}: built with hidden_size, but no hidden states were given")
+        return torch.cat([features, self.hidden_proj(hidden.to(features.dtype))], dim=-1)
+
+
+class MLPScorer(_HiddenInput):
     """One score per position from its features alone: F -> hidden -> 1."""
 
-    def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 16):
+    def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 16, hidden_size: int | None = None,
+                 hidden_features: int = 8):
         super().__init__()
-        self.config = dict(kind="mlp", num_features=num_features, hidden=hidden)
-        self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.config = dict(kind="mlp", num_features=num_features, hidden=hidden, hidden_size=hidden_size,
+                           hidden_features=hidden_features)
+        width = num_features + self._init_hidden(hidden_size, hidden_features)
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features).squeeze(-1)
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self._inputs(features, hidden)).squeeze(-1)
 
 
-class TransformerScorer(nn.Module):
+class TransformerScorer(_HiddenInput):
     """One pre-norm transformer block over the block's feature sequence.
 
     Inputs: features projected to ``d_model``, plus a learned position embedding
@@ -95,11 +116,11 @@ class TransformerScorer(nn.Module):
     """
 
     def __init__(self, num_features: int = NUM_FEATURES, d_model: int = 128, heads: int = 4, ff: int = 512,
-                 max_positions: int = 512):
+                 max_positions: int = 512, hidden_size: int | None = None, hidden_features: int = 8):
         super().__init__()
         self.config = dict(kind="transformer", num_features=num_features, d_model=d_model, heads=heads, ff=ff,
-                           max_positions=max_positions)
-        self.inp = nn.Linear(num_features, d_model)
+                           max_positions=max_positions, hidden_size=hidden_size, hidden_features=hidden_features)
+        self.inp = nn.Linear(num_features + self._init_hidden(hidden_size, hidden_features), d_model)
         self.pos = nn.Embedding(max_positions, d_model)
         self.step = nn.Linear(1, d_model)
         self.norm1 = nn.LayerNorm(d_model)
@@ -109,13 +130,13 @@ class TransformerScorer(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 1))
         nn.init.normal_(self.pos.weight, std=0.02)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
         B, W, _ = features.shape
         if W > self.pos.num_embeddings:
             raise ValueError(f"TransformerScorer: blocks of {W} positions exceed max_positions = "
                              f"{self.pos.num_embeddings}")
         step_fraction = features[..., FEATURES.index("step_fraction"):FEATURES.index("step_fraction") + 1]
-        h = self.inp(features) + self.pos.weight[:W] + self.step(step_fraction)
+        h = self.inp(self._inputs(features, hidden)) + self.pos.weight[:W] + self.step(step_fraction)
         a = self.norm1(h)
         h = h + self.attn(a, a, a, need_weights=False)[0]
         h = h + self.ff(self.norm2(h))
@@ -135,6 +156,7 @@ class Trajectory:
     """
 
     features: list = field(default_factory=list)
+    hidden: list = field(default_factory=list)  # [B, W, H] per step when the scorer reads hidden states
     eligible: list = field(default_factory=list)
     quota: list = field(default_factory=list)
     chosen: list = field(default_factory=list)
@@ -174,15 +196,24 @@ class LearnedPolicy(Policy):
     def uses_quota(self):
         return self.selection == "topk"
 
-    def scores(self, features: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    @property
+    def needs_hidden(self) -> bool:
+        """The scorer reads the model's last hidden state (the sampler then asks the
+        model for ``output_hidden_states``)."""
+        return bool(getattr(self.scorer, "config", {}).get("hidden_size"))
+
+    def scores(self, features: torch.Tensor, eligible: torch.Tensor, hidden: torch.Tensor | None = None):
         """float32 scores [B, W]; -inf where not eligible."""
-        s = self.scorer(features).float()
+        s = (self.scorer(features, hidden) if hidden is not None else self.scorer(features)).float()
         return torch.where(eligible, s, float("-inf"))
 
     @torch.no_grad()
     def select(self, ctx: StepContext) -> torch.Tensor:
         features = step_features(ctx)
-        scores = self.scores(features, ctx.eligible)
+        hidden = ctx.hidden if self.needs_hidden else None
+        if self.needs_hidden and hidden is None:
+            raise ValueError("LearnedPolicy: the scorer reads hidden states but the step has none")
+        scores = self.scores(features, ctx.eligible, hidden)
         if self.explore:
             chosen = self._sample(scores, ctx)
         elif self.selection == "topk":
@@ -192,6 +223,7 @@ class LearnedPolicy(Policy):
         if self.trajectory is not None:
             t = self.trajectory
             t.features.append(features)
+            t.hidden.append(None if hidden is None else hidden.detach().clone())
             t.eligible.append(ctx.eligible.clone())
             t.quota.append(None if ctx.quota is None else ctx.quota.clone())
             t.chosen.append(chosen)

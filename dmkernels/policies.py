@@ -45,6 +45,7 @@ class StepContext:
     x: torch.Tensor                # the canvas of the block [B, W] (read-only for policies)
     generator: torch.Generator | None  # for policies that draw random numbers
     schedule: Schedule | None
+    hidden: torch.Tensor | None = None  # [B, W, H] last hidden states, for policies with needs_hidden
 
 
 def _gumbel_like(scores: torch.Tensor, generator) -> torch.Tensor:

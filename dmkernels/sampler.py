@@ -74,6 +74,8 @@ class ModelRunner:
             attention_mask = torch.cat([attention_mask, attention_mask], dim=0)
         self.attention_mask = attention_mask
         self.call = call
+        self.output_hidden_states = False  # set when the policy reads ctx.hidden
+        self.last_output = None
 
     def __call__(self, x_window: torch.Tensor, start: int, **kwargs):
         B = x_window.shape[0]
@@ -82,6 +84,8 @@ class ModelRunner:
             prompt = self.prompt_index[:, start:start + width]
             unconditional = torch.where(prompt, torch.full_like(x_window, self.mask_id), x_window)
             x_window = torch.cat([x_window, unconditional], dim=0)
+        if self.output_hidden_states:
+            kwargs["output_hidden_states"] = True
         if self.call is not None:
             out = self.call(x_window, self.attention_mask, **kwargs)
         elif self.attention_mask is not None:
@@ -92,7 +96,16 @@ class ModelRunner:
         if self.batch_factor == 2:
             conditional, unconditional = logits[:B], logits[B:]
             logits = conditional.sub_(unconditional).mul_(self.cfg_scale + 1).add_(unconditional)
+        self.last_output = out if self.output_hidden_states else None
         return logits, out
+
+    def last_hidden(self) -> torch.Tensor:
+        """The last layer's hidden states [B, W, H] of the latest call (conditional half)."""
+        hidden = getattr(self.last_output, "hidden_states", None)
+        if hidden is None:
+            raise TypeError("the policy reads the model's hidden states, but the model's output has no "
+                            ".hidden_states (it must accept output_hidden_states=True)")
+        return hidden[-1][:hidden[-1].shape[0] // self.batch_factor]
 
 
 def _rows(logits: torch.Tensor, w0: int, start: int, end: int, shift: bool) -> torch.Tensor:
@@ -223,6 +236,9 @@ class Sampler:
         self.attention_mask = attention_mask
         self.runner = runner or ModelRunner(model, attention_mask=attention_mask, cfg_scale=cfg_scale,
                                             prompt_index=self.x != mask_id, mask_id=mask_id)
+        self.needs_hidden = bool(getattr(policy, "needs_hidden", False))
+        self.runner.output_hidden_states = self.needs_hidden
+        self.hidden = None
         self.model_calls = 0
         self.noise_offset = 0
         self.rng = None  # (seed, offset) on the device instead of host ints: see capture_step
@@ -271,6 +287,8 @@ class Sampler:
         logits, w0 = self.cache.logits(self.runner, self.x, a, b, step)
         self.model_calls += 1
         rows = _rows(logits, w0, start, end, self.shift)
+        if self.needs_hidden:
+            self.hidden = _rows(self.runner.last_hidden(), w0, start, end, self.shift)
         if self.logits_processor is not None:
             rows = self.logits_processor(step, rows)
         stats = self.token_stats(rows, eligible)
@@ -290,7 +308,8 @@ class Sampler:
         if schedule is not None and self.policy.uses_quota:
             quota = schedule.quota(i, eligible.sum(-1))
         ctx = StepContext(stats=stats, eligible=eligible, step=i, steps=self.steps_per_block, block=block,
-                          quota=quota, logits=rows, x=x_block, generator=self.generator, schedule=schedule)
+                          quota=quota, logits=rows, x=x_block, generator=self.generator, schedule=schedule,
+                          hidden=self.hidden)
         select = self.policy.select(ctx)
         changed, remaining = ops.commit_(x_block, stats.token, select, self.mask_id, backend=self.backend)
         self.cache.update(changed, start, end)

@@ -54,8 +54,10 @@ def trajectory_log_probs(policy: LearnedPolicy, trajectory: Trajectory, scorer=N
     scorer = scorer or policy.scorer
     temperature = policy.explore or 1.0
     out = []
-    for features, eligible, chosen in zip(trajectory.features, trajectory.eligible, trajectory.chosen):
-        scores = torch.where(eligible, scorer(features).float(), float("-inf"))
+    hidden = trajectory.hidden or [None] * len(trajectory.features)
+    for features, h, eligible, chosen in zip(trajectory.features, hidden, trajectory.eligible, trajectory.chosen):
+        raw = scorer(features) if h is None else scorer(features, h)
+        scores = torch.where(eligible, raw.float(), float("-inf"))
         out.append(set_log_prob(scores, chosen, eligible, policy.selection, temperature))
     return torch.stack(out)
 
@@ -127,7 +129,7 @@ def grpo(policy: LearnedPolicy, model, prompts: torch.Tensor, reward_fn: RewardF
                 loss.backward()
                 optimizer.step()
             record = dict(iteration=it, reward=float(rewards.mean()), loss=float(loss.detach()),
-                          kl=float((kl * valid).sum() / valid.sum().clamp_min(1)))
+                          kl=float((kl.detach() * valid).sum() / valid.sum().clamp_min(1)))
             history.append(record)
             if log is not None:
                 log(record)

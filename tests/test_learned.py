@@ -278,3 +278,45 @@ def test_trainer_errors_name_the_argument():
     with pytest.raises(ValueError, match="one reward per sequence"):
         grpo(policy, OrderToy(), toy_canvas(2), lambda s, i: torch.zeros(1), iterations=1, infill=True, steps=W,
              mask_id=MASK)
+
+
+class WithHidden(torch.nn.Module):
+    """OrderToy with a Hugging Face style output carrying hidden states."""
+
+    def __init__(self):
+        super().__init__()
+        self.toy = OrderToy()
+        self.asked = []
+
+    def forward(self, x, attention_mask=None, output_hidden_states=False):
+        from types import SimpleNamespace
+        self.asked.append(output_hidden_states)
+        logits = self.toy(x)
+        h = torch.nn.functional.one_hot(x, V).float()  # [B, L, 11]: what is on the canvas
+        return SimpleNamespace(logits=logits, hidden_states=(h, h) if output_hidden_states else None)
+
+
+@pytest.mark.parametrize("scorer", [MLPScorer, TransformerScorer])
+def test_scorer_reads_the_models_hidden_state(scorer, tmp_path):
+    kw = dict(hidden_size=V, hidden_features=4) if scorer is MLPScorer else dict(d_model=32, ff=64, hidden_size=V)
+    policy = LearnedPolicy(scorer(**kw))
+    assert policy.needs_hidden
+    model = WithHidden()
+    with forbid_host_sync():
+        out = dmkernels.infill(model, toy_canvas(2), steps=4, policy=policy, mask_id=MASK, seed=0)
+    assert model.asked and all(model.asked) and not (out.sequences == MASK).any()
+    # The projection is trained: gradients reach it through the recorded hidden states.
+    seqs, traj = rollout(policy, model, toy_canvas(2), seed=0, explore=1.0, infill=True, steps=4, mask_id=MASK)
+    assert all(h is not None and h.shape == (2, W, V) for h in traj.hidden)
+    from dmkernels.train import trajectory_log_probs
+    trajectory_log_probs(policy, traj).sum().backward()
+    assert policy.scorer.hidden_proj.weight.grad.abs().sum() > 0
+    path = str(tmp_path / "h.safetensors")
+    policy.save(path)
+    assert LearnedPolicy.load(path).needs_hidden
+    # A model without hidden states is a clear error; plain policies never ask for them.
+    with pytest.raises(TypeError, match="hidden_states"):
+        dmkernels.infill(OrderToy(), toy_canvas(2), steps=4, policy=policy, mask_id=MASK)
+    plain = WithHidden()
+    dmkernels.infill(plain, toy_canvas(2), steps=4, policy=LearnedPolicy(MLPScorer()), mask_id=MASK)
+    assert not any(plain.asked)
