@@ -176,6 +176,37 @@ def run(*, n_puzzles: int = 200, budgets=("short", "long"), quick: bool = False,
     return records
 
 
+@torch.no_grad()
+def policy_cost(log=print) -> list[dict]:
+    """Time a learned policy's choice against the model call at LLaDA's vocabulary
+    (``llada_like_config``: V = 126464, a small body), B = 1, prompt 32, gen 256,
+    block 32, 64 steps; LowConfidence alongside. CPU, 1 thread."""
+    from dmkernels.learned import MLPScorer, TransformerScorer
+    from dmkernels.models import DiffusionLM, llada_like_config
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = DiffusionLM(llada_like_config()).eval()
+    prompt = torch.randint(0, 126000, (1, 32))
+    records = []
+    for name, make in (("LowConfidence", P.LowConfidence),
+                       ("Learned[mlp]", lambda: LearnedPolicy(MLPScorer())),
+                       ("Learned[transformer]", lambda: LearnedPolicy(TransformerScorer()))):
+        net = NoMaskProposals(model, 126336)
+        counted = Counted(make())
+        t0 = time.perf_counter()
+        dmkernels.generate(net, prompt, gen_length=256, block_length=32, steps=64, policy=counted, seed=0)
+        total = time.perf_counter() - t0
+        r = dict(policy=name, shape="B=1, prompt 32, gen 256, block 32, V=126464", steps=64,
+                 model_ms_per_call=1e3 * net.seconds / net.calls, policy_ms_per_call=1e3 * counted.seconds / net.calls,
+                 total_ms=1e3 * total)
+        r["policy_fraction_of_model"] = r["policy_ms_per_call"] / r["model_ms_per_call"]
+        records.append(r)
+        log(f"cost  {name:<22} policy {r['policy_ms_per_call']:.3f} ms per step, model {r['model_ms_per_call']:.1f} ms "
+            f"per call ({100 * r['policy_fraction_of_model']:.2f}%)")
+    return records
+
+
 def plot(records: list[dict], path: str) -> None:
     import matplotlib
 
@@ -202,12 +233,17 @@ def plot(records: list[dict], path: str) -> None:
 def main(args) -> int:
     n = args.puzzles or (24 if args.quick else 200)
     records = run(n_puzzles=n, quick=args.quick)
+    cost = policy_cost()
     out_dir = args.out_dir
     os.makedirs(out_dir, exist_ok=True)
     json_path = args.json or os.path.join(out_dir, "sudoku_quality.json")
     with open(json_path, "w") as f:
         json.dump(records, f, indent=1)
     print(f"wrote {json_path}")
+    cost_path = os.path.join(out_dir, "learned_policy_cost_cpu.json")
+    with open(cost_path, "w") as f:
+        json.dump(cost, f, indent=1)
+    print(f"wrote {cost_path}")
     try:
         plot(records, os.path.join(out_dir, "sudoku_quality.png"))
         print(f"wrote {os.path.join(out_dir, 'sudoku_quality.png')}")
