@@ -30,9 +30,15 @@ class DiffusionLMConfig(PretrainedConfig):
       final RMSNorm makes every hidden state have unit RMS). 4.0 gives, at
       V = 126464, a top probability that is sometimes above 0.5 and often
       below 0.1, like a real model's mix of easy and hard positions.
-    - ``max_position_embeddings``: informational only. RoPE is computed from
-      the positions on the fly and positions are never checked (that would
-      need a host sync).
+    - ``max_position_embeddings``: informational only with RoPE alone. RoPE
+      is computed from the positions on the fly and positions are never
+      checked (that would need a host sync).
+    - ``position_embedding``: ``"rope"`` (the default: rotary embeddings
+      only, so attention sees relative positions only) or ``"rope+learned"``
+      (also a learned absolute embedding per position, added to the token
+      embeddings; positions must then be below ``max_position_embeddings``).
+      Absolute positions matter for grid tasks such as Sudoku, where "same
+      row" or "same box" is not a function of the offset between two cells.
     """
 
     model_type = "dmkernels_diffusion_lm"
@@ -52,12 +58,15 @@ class DiffusionLMConfig(PretrainedConfig):
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         logit_std: float = 4.0,
+        position_embedding: str = "rope",
         **kwargs,
     ):
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}")
         if (hidden_size // num_attention_heads) % 2:
             raise ValueError("head_dim must be even for RoPE")
+        if position_embedding not in ("rope", "rope+learned"):
+            raise ValueError(f"position_embedding must be 'rope' or 'rope+learned', got {position_embedding!r}")
         kwargs["tie_word_embeddings"] = False  # the LM head is separate (LLaDA's is too)
         super().__init__(**kwargs)
         # Set after the base __init__, which (in some transformers versions)
@@ -74,6 +83,7 @@ class DiffusionLMConfig(PretrainedConfig):
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.logit_std = float(logit_std)
+        self.position_embedding = position_embedding
 
     @property
     def head_dim(self) -> int:

@@ -1,6 +1,7 @@
 """A small bidirectional transformer with a Fast-dLLM-style KV cache.
 
-Architecture (LLaDA-like): token embedding; N blocks of pre-RMSNorm
+Architecture (LLaDA-like): token embedding (plus a learned absolute position
+embedding when ``config.position_embedding == "rope+learned"``); N blocks of pre-RMSNorm
 multi-head attention with rotary position embeddings (no causal mask) and a
 pre-RMSNorm SwiGLU MLP; a final RMSNorm; an untied LM head. Attention is
 ``torch.nn.functional.scaled_dot_product_attention``.
@@ -232,6 +233,10 @@ class DiffusionLM(PreTrainedModel):
     def __init__(self, config: DiffusionLMConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if getattr(config, "position_embedding", "rope") == "rope+learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        else:
+            self.embed_positions = None
         self.layers = nn.ModuleList(DiffusionLMBlock(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -312,6 +317,8 @@ class DiffusionLM(PreTrainedModel):
             raise ValueError(f"position_ids must be [B, W] with W = {w}, got {list(position_ids.shape)}")
 
         x = self.embed_tokens(input_ids)
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(position_ids.to(device))
         cos, sin = _rope_cos_sin(position_ids.to(device), self.config.head_dim, self.config.rope_theta, x.dtype)
         bias = _attention_bias(attention_mask, b, w, total, start, x.dtype, device)
         replace_start = start if dual else None

@@ -1,0 +1,9 @@
+"""Tasks with a checkable answer, for measuring the quality of unmasking orders.
+
+- :mod:`dmkernels.tasks.sudoku`: 9x9 Sudoku puzzles with unique solutions
+  (seeded generator, token encoding, scoring, a fixed held-out set) and a
+  small trained masked-diffusion denoiser shipped with the repository.
+"""
+from . import sudoku
+
+__all__ = ["sudoku"]

@@ -1,0 +1,482 @@
+"""9x9 Sudoku as a masked-diffusion task: where the unmasking order matters.
+
+A puzzle is a canvas of 81 tokens, one per cell in row-major order; the
+givens hold their digit and the blanks hold ``[MASK]``. A denoiser fills the
+masks; whether the whole grid comes out right depends heavily on the order in
+which a sampler commits positions (commit a wrong digit early and the rest of
+the grid is built around it).
+
+Encoding (``VOCAB_SIZE = 10``)::
+
+    digit 1..9  ->  token 0..8
+    blank       ->  MASK_TOKEN = 9   (= vocab_size - 1, DiffusionLM's default mask id)
+
+Two representations appear below: *digits* (Python sequences or tensors of
+0..9 with 0 = blank; what the solver and generator use) and *tokens* (long
+tensors ``[N, 81]`` with the encoding above; what the model and the scoring
+functions use). :func:`digits_to_tokens` and :func:`tokens_to_digits` convert.
+
+Generator
+    :func:`random_grid` fills an empty grid by randomised backtracking (most
+    constrained cell first, digits tried in a random order), so grids are
+    diverse, not relabellings of one grid. :func:`make_puzzle` removes cells of
+    a solution in random order and keeps a removal only if the puzzle still has
+    exactly one solution (checked by a bitmask solver: "is there a solution
+    with this cell different from its digit?"). A removal pass over all 81
+    cells ends in a *minimal* puzzle, typically 22-27 givens (median about 25).
+    When a pass stalls above the requested number of givens, another random
+    removal order is tried on the same grid (``passes`` times), then a new
+    grid; so every puzzle returned has exactly the requested givens. At 24
+    givens about a third of passes succeed; below about 21 generation becomes
+    very slow, and :func:`generate_puzzles` raises after ``max_grids`` grids.
+
+Seeds
+    Everything is a pure function of its seed: the i-th grid or puzzle of a
+    seed comes from its own ``random.Random`` seeded with a string naming the
+    stream, the seed and i (Python hashes string seeds with SHA-512, the same
+    in every process). So ``generate_puzzles(100, seed=s)`` is the first 100
+    puzzles of ``generate_puzzles(200, seed=s)``. Training grids
+    (:func:`generate_grids`) and puzzles (:func:`generate_puzzles`) are
+    different streams; the held-out set (:func:`heldout_puzzles`) is the
+    puzzle stream at ``HELDOUT_SEED``, which no training script uses.
+
+Scoring (batched over ``[N, 81]`` tokens, or one ``[81]`` canvas)
+    :func:`solved`: every row, column and box is a permutation of 1..9 and
+    every given is kept (for a puzzle with a unique solution this is the same
+    as "equals the solution"). :func:`cell_accuracy`: fraction of the
+    originally blank cells that hold the solution's digit.
+
+The shipped denoiser
+    :func:`load_denoiser` returns the :class:`~dmkernels.models.DiffusionLM`
+    trained by ``benchmarks/sudoku/train_denoiser.py`` from the checkpoint
+    committed under ``benchmarks/sudoku/checkpoints/`` (two training budgets,
+    ``"short"`` and ``"long"``). :func:`greedy_fill` is a minimal reference
+    loop (one position per model call: random, most confident, or an oracle
+    that knows the solution) for sanity checks; the library's samplers are
+    what benchmarks should use.
+"""
+from __future__ import annotations
+
+import json
+import random
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+__all__ = [
+    "NUM_CELLS",
+    "VOCAB_SIZE",
+    "MASK_TOKEN",
+    "HELDOUT_SEED",
+    "BUDGETS",
+    "count_solutions",
+    "solve",
+    "random_grid",
+    "make_puzzle",
+    "generate_grids",
+    "generate_puzzles",
+    "heldout_puzzles",
+    "digits_to_tokens",
+    "tokens_to_digits",
+    "augment",
+    "valid_grid",
+    "solved",
+    "cell_accuracy",
+    "sudoku_config",
+    "checkpoint_dir",
+    "load_denoiser",
+    "greedy_fill",
+]
+
+NUM_CELLS = 81
+VOCAB_SIZE = 10
+MASK_TOKEN = 9
+HELDOUT_SEED = 990_001  # the held-out puzzles; never used for training
+BUDGETS = ("short", "long")  # the committed checkpoints
+
+# --------------------------------------------------------------------------
+# Bitmask solver. A cell's candidates are a 9-bit mask: bit d-1 set = digit
+# d still possible. Search picks the empty cell with the fewest candidates.
+
+_ROW = [i // 9 for i in range(81)]
+_COL = [i % 9 for i in range(81)]
+_BOX = [(i // 27) * 3 + (i % 9) // 3 for i in range(81)]
+_ALL = 0x1FF
+_POPCOUNT = [bin(m).count("1") for m in range(512)]
+
+
+def _search(cells: list[int], limit: int, rng: random.Random | None = None,
+            forbid_cell: int = -1, forbid_digit: int = 0) -> int:
+    """Count the completions of ``cells`` (digits, 0 = blank) up to ``limit``.
+
+    Fills ``cells`` in place with the first completion found when
+    ``limit == 1`` (otherwise its contents afterwards are unspecified). ``rng``: try candidate
+    digits in a random order (grid generation). ``forbid_cell`` /
+    ``forbid_digit``: that cell may not take that digit."""
+    rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
+    empties = []
+    for i, v in enumerate(cells):
+        if v:
+            if not 1 <= v <= 9:
+                raise ValueError(f"cell {i} holds {v}; digits are 0 (blank) or 1..9")
+            b = 1 << (v - 1)
+            r, c, x = _ROW[i], _COL[i], _BOX[i]
+            if (rows[r] | cols[c] | boxes[x]) & b:
+                return 0  # the givens already clash
+            rows[r] |= b
+            cols[c] |= b
+            boxes[x] |= b
+        else:
+            empties.append(i)
+    forbid_bit = (1 << (forbid_digit - 1)) if forbid_digit else 0
+
+    def search(n: int, need: int) -> int:  # counts up to need, never more
+        if n == 0:
+            return 1
+        best, best_count, best_mask = -1, 10, 0
+        for k in range(n):
+            i = empties[k]
+            m = _ALL & ~(rows[_ROW[i]] | cols[_COL[i]] | boxes[_BOX[i]])
+            if i == forbid_cell:
+                m &= ~forbid_bit
+            count = _POPCOUNT[m]
+            if count < best_count:
+                best, best_count, best_mask = k, count, m
+                if count <= 1:
+                    break
+        if best_count == 0:
+            return 0
+        i = empties[best]
+        empties[best] = empties[n - 1]
+        empties[n - 1] = i
+        r, c, x = _ROW[i], _COL[i], _BOX[i]
+        digits = [d for d in range(9) if best_mask >> d & 1]
+        if rng is not None:
+            rng.shuffle(digits)
+        total = 0
+        for d in digits:
+            b = 1 << d
+            rows[r] |= b
+            cols[c] |= b
+            boxes[x] |= b
+            cells[i] = d + 1
+            total += search(n - 1, need - total)
+            if total >= need:
+                return total  # early exit: the masks are not restored (not used again), cells keep the completion
+            rows[r] ^= b
+            cols[c] ^= b
+            boxes[x] ^= b
+            cells[i] = 0
+        empties[n - 1] = empties[best]
+        empties[best] = i
+        return total
+
+    return search(len(empties), limit)
+
+
+def _check_cells(puzzle: Sequence[int]) -> list[int]:
+    cells = [int(v) for v in puzzle]
+    if len(cells) != NUM_CELLS:
+        raise ValueError(f"a Sudoku has {NUM_CELLS} cells, got {len(cells)}")
+    return cells
+
+
+def count_solutions(puzzle: Sequence[int], limit: int = 2) -> int:
+    """Number of solutions of ``puzzle`` (81 digits, 0 = blank), counted up to
+    ``limit`` (``limit=2`` answers "none, one, or several")."""
+    return _search(_check_cells(puzzle), max(1, int(limit)))
+
+
+def solve(puzzle: Sequence[int]) -> list[int] | None:
+    """One solution of ``puzzle`` (81 digits, 0 = blank) as 81 digits, or None."""
+    cells = _check_cells(puzzle)
+    return cells if _search(cells, 1) else None
+
+
+def _rng(stream: str, seed: int, index: int) -> random.Random:
+    # String seeds are hashed with SHA-512 by random.Random: stable across processes.
+    return random.Random(f"dmkernels.sudoku.{stream}:{int(seed)}:{int(index)}")
+
+
+def random_grid(rng: random.Random | int) -> list[int]:
+    """A complete valid grid (81 digits 1..9) by randomised backtracking."""
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    cells = [0] * NUM_CELLS
+    if not _search(cells, 1, rng=rng):  # pragma: no cover - an empty grid always has a completion
+        raise RuntimeError("no grid found")
+    return cells
+
+
+def _unique_without(puzzle: list[int], i: int, digit: int) -> bool:
+    """Whether blanking cell ``i`` (which holds ``digit`` in the one solution
+    of ``puzzle``) keeps the solution unique: no solution has another digit there."""
+    puzzle[i] = 0
+    other = _search(list(puzzle), 1, forbid_cell=i, forbid_digit=digit)
+    puzzle[i] = digit
+    return other == 0
+
+
+def make_puzzle(solution: Sequence[int], givens: int, rng: random.Random | int,
+                passes: int = 10) -> list[int] | None:
+    """A puzzle (81 digits, 0 = blank) with exactly ``givens`` givens whose
+    only solution is ``solution``, or None if ``passes`` random removal orders
+    all stall above ``givens`` (each pass removes cells in a random order,
+    keeping a removal only if the solution stays unique)."""
+    if not 17 <= givens <= NUM_CELLS:
+        raise ValueError(f"givens must be in 17..81 (no 9x9 Sudoku with fewer than 17 is unique), got {givens}")
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    solution = _check_cells(solution)
+    for _ in range(passes):
+        puzzle = list(solution)
+        order = list(range(NUM_CELLS))
+        rng.shuffle(order)
+        left = NUM_CELLS
+        for i in order:
+            if left == givens:
+                break
+            if _unique_without(puzzle, i, puzzle[i]):
+                puzzle[i] = 0
+                left -= 1
+        if left == givens:
+            return puzzle
+    return None
+
+
+def generate_grids(n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` complete grids as tokens ``[n, 81]`` (long); grid i depends only on (seed, i)."""
+    grids = [random_grid(_rng("grid", seed, i)) for i in range(n)]
+    return digits_to_tokens(torch.tensor(grids, dtype=torch.long).view(n, NUM_CELLS))
+
+
+@lru_cache(maxsize=4096)
+def _puzzle(givens: int, seed: int, index: int, passes: int, max_grids: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    rng = _rng("puzzle", seed, index)
+    for _ in range(max_grids):
+        solution = random_grid(rng)
+        puzzle = make_puzzle(solution, givens, rng, passes=passes)
+        if puzzle is not None:
+            return tuple(puzzle), tuple(solution)
+    raise RuntimeError(
+        f"no puzzle with {givens} givens after {max_grids} grids x {passes} removal orders; "
+        "ask for more givens (random removal rarely gets below about 21)"
+    )
+
+
+def generate_puzzles(n: int, givens: int = 24, seed: int = 0, *, passes: int = 10,
+                     max_grids: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` puzzles with a unique solution and exactly ``givens`` givens.
+
+    Returns ``(puzzles, solutions)``, long tensors ``[n, 81]`` of tokens
+    (``MASK_TOKEN`` in the blanks of ``puzzles``). Puzzle i depends only on
+    (givens, seed, i, passes, max_grids); results are memoised."""
+    pairs = [_puzzle(int(givens), int(seed), i, int(passes), int(max_grids)) for i in range(n)]
+    puzzles = torch.tensor([p for p, _ in pairs], dtype=torch.long).view(n, NUM_CELLS)
+    solutions = torch.tensor([s for _, s in pairs], dtype=torch.long).view(n, NUM_CELLS)
+    return digits_to_tokens(puzzles), digits_to_tokens(solutions)
+
+
+def heldout_puzzles(n: int = 200, givens: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed held-out evaluation set: ``generate_puzzles(n, givens,
+    seed=HELDOUT_SEED)``, ``(puzzles, solutions)`` as tokens ``[n, 81]``.
+    Smaller ``n`` gives a prefix of the larger set."""
+    return generate_puzzles(n, givens, seed=HELDOUT_SEED)
+
+
+# --------------------------------------------------------------------------
+# Encoding and scoring.
+
+
+def digits_to_tokens(digits) -> torch.Tensor:
+    """Digits (0 = blank, 1..9) to tokens (MASK_TOKEN, 0..8)."""
+    d = torch.as_tensor(digits, dtype=torch.long)
+    return torch.where(d == 0, torch.full_like(d, MASK_TOKEN), d - 1)
+
+
+def tokens_to_digits(tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens (0..8, MASK_TOKEN) to digits (1..9, 0 = blank)."""
+    t = torch.as_tensor(tokens, dtype=torch.long)
+    return torch.where(t == MASK_TOKEN, torch.zeros_like(t), t + 1)
+
+
+def _units(grid: torch.Tensor) -> torch.Tensor:
+    """``[N, 27, 9]``: the 9 rows, 9 columns and 9 boxes of ``[N, 81]`` grids."""
+    n = grid.shape[0]
+    g = grid.reshape(n, 9, 9)
+    boxes = g.reshape(n, 3, 3, 3, 3).permute(0, 1, 3, 2, 4).reshape(n, 9, 9)
+    return torch.cat([g, g.transpose(1, 2), boxes], dim=1)
+
+
+def _batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    x = torch.as_tensor(x)
+    if x.shape[-1] != NUM_CELLS or x.dim() not in (1, 2):
+        raise ValueError(f"expected tokens [N, 81] or [81], got {list(x.shape)}")
+    return (x[None], True) if x.dim() == 1 else (x, False)
+
+
+def valid_grid(pred: torch.Tensor) -> torch.Tensor:
+    """Bool ``[N]`` (or 0-d for one ``[81]`` grid): every row, column and box
+    holds each of the digit tokens 0..8 exactly once (so no MASK is left)."""
+    g, single = _batch(pred)
+    digits = torch.arange(9, device=g.device)
+    counts = (_units(g)[..., None] == digits).sum(-2)  # [N, 27, 9]
+    ok = (counts == 1).all(-1).all(-1)
+    return ok[0] if single else ok
+
+
+def solved(pred: torch.Tensor, puzzle: torch.Tensor) -> torch.Tensor:
+    """Bool ``[N]`` (or 0-d): ``pred`` is a valid complete grid and keeps every
+    given of ``puzzle`` (tokens; MASK_TOKEN marks the blanks)."""
+    p, single = _batch(pred)
+    q, _ = _batch(puzzle)
+    given = q != MASK_TOKEN
+    kept = ((p == q) | ~given).all(-1)
+    ok = valid_grid(p) & kept
+    return ok[0] if single else ok
+
+
+def cell_accuracy(pred: torch.Tensor, solution: torch.Tensor, puzzle: torch.Tensor) -> torch.Tensor:
+    """Float ``[N]`` (or 0-d): the fraction of the originally blank cells of
+    ``puzzle`` where ``pred`` holds the solution's token. ``.mean()`` over a
+    set whose puzzles have the same number of givens is the per-cell accuracy."""
+    p, single = _batch(pred)
+    s, _ = _batch(solution)
+    q, _ = _batch(puzzle)
+    blank = q == MASK_TOKEN
+    right = ((p == s) & blank).sum(-1).float()
+    acc = right / blank.sum(-1).clamp_min(1).float()
+    return acc[0] if single else acc
+
+
+def augment(grids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply a random validity-preserving symmetry to each grid (tokens
+    ``[N, 81]``, MASK allowed): digit relabelling, row permutations within
+    bands, band permutations, the same for columns, and transposition."""
+    n = grids.shape[0]
+    dev = grids.device
+
+    def perm(k):
+        return torch.rand(n, k, generator=generator).argsort(-1)
+
+    def line_perm():  # [N, 9]: a permutation of 9 lines that keeps bands together
+        bands = perm(3)
+        inner = torch.rand(n, 3, 3, generator=generator).argsort(-1)
+        return (bands[:, :, None] * 3 + inner).reshape(n, 9)
+
+    relabel = torch.cat([perm(9), torch.arange(9, VOCAB_SIZE).expand(n, -1)], dim=1)  # MASK stays MASK
+    g = torch.gather(relabel, 1, grids.cpu().long())
+    rows, cols = line_perm(), line_perm()
+    g = g.view(n, 9, 9)
+    g = torch.gather(g, 1, rows[:, :, None].expand(n, 9, 9))
+    g = torch.gather(g, 2, cols[:, None, :].expand(n, 9, 9))
+    flip = torch.rand(n, generator=generator) < 0.5
+    g = torch.where(flip[:, None, None], g.transpose(1, 2), g)
+    return g.reshape(n, NUM_CELLS).to(dev)
+
+
+# --------------------------------------------------------------------------
+# The shipped denoiser.
+
+
+def sudoku_config(**overrides):
+    """The :class:`~dmkernels.models.DiffusionLMConfig` of the shipped Sudoku
+    denoiser (vocabulary 10, mask 9); ``overrides`` change any field."""
+    from ..models import DiffusionLMConfig
+
+    kw = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=NUM_CELLS,
+        mask_token_id=MASK_TOKEN,
+        logit_std=1.0,
+        # Absolute positions: "same row / column / box" is not a function of
+        # the offset between two cells, so RoPE alone learns Sudoku badly.
+        position_embedding="rope+learned",
+    )
+    kw.update(overrides)
+    return DiffusionLMConfig(**kw)
+
+
+def checkpoint_dir() -> Path:
+    """``benchmarks/sudoku/checkpoints`` of the repository this package sits in."""
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "sudoku" / "checkpoints"
+
+
+def load_denoiser(budget: str = "long", *, path: str | Path | None = None,
+                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """The trained Sudoku denoiser (a :class:`~dmkernels.models.DiffusionLM`
+    in eval mode) from ``<dir>/sudoku_<budget>.safetensors`` and its
+    ``.json`` (config and training record). ``budget``: ``"short"`` or
+    ``"long"`` (see ``benchmarks/sudoku/README.md``); ``path``: a directory to
+    read instead of :func:`checkpoint_dir`, or a ``.safetensors`` file."""
+    from safetensors.torch import load_file
+
+    from ..models import DiffusionLM, DiffusionLMConfig
+
+    if path is not None and str(path).endswith(".safetensors"):
+        weights = Path(path)
+    else:
+        if budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+        weights = Path(path or checkpoint_dir()) / f"sudoku_{budget}.safetensors"
+    meta_file = weights.with_suffix(".json")
+    if not weights.exists() or not meta_file.exists():
+        raise FileNotFoundError(f"no Sudoku checkpoint at {weights} (+ .json); train one with benchmarks/sudoku/train_denoiser.py")
+    meta = json.loads(meta_file.read_text())
+    model = DiffusionLM(DiffusionLMConfig(**meta["config"]))
+    state = {k: v.to(torch.float32) for k, v in load_file(str(weights)).items()}
+    model.load_state_dict(state)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+@torch.no_grad()
+def greedy_fill(model, puzzles: torch.Tensor, order: str = "confidence", *,
+                solutions: torch.Tensor | None = None, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """Fill the masks of ``puzzles`` (tokens ``[N, 81]``) one position per
+    model call, committing the argmax digit (MASK excluded) at the position
+    chosen by ``order``:
+
+    - ``"random"``: a uniformly random masked position;
+    - ``"confidence"``: the masked position whose argmax has the highest probability;
+    - ``"oracle"`` (needs ``solutions``): among masked positions whose argmax
+      is the solution's digit, the most confident; if there is none, the
+      position that gives the solution's digit the highest probability (its
+      argmax, wrong, is committed).
+
+    A minimal reference loop with host syncs, for sanity checks. Returns the
+    filled tokens and the number of model calls (the largest blank count)."""
+    if order not in ("random", "confidence", "oracle"):
+        raise ValueError(f"order must be 'random', 'confidence' or 'oracle', got {order!r}")
+    if order == "oracle" and solutions is None:
+        raise ValueError("order='oracle' needs solutions")
+    x = puzzles.clone()
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.arange(x.shape[0], device=x.device)
+    calls = int((x == MASK_TOKEN).sum(-1).max())
+    for _ in range(calls):
+        masked = x == MASK_TOKEN
+        out = model(x)
+        logits = (out.logits if hasattr(out, "logits") else out).float()
+        logits[..., MASK_TOKEN] = float("-inf")
+        probs = logits.softmax(-1)
+        conf, tok = probs.max(-1)
+        if order == "random":
+            score = torch.rand(x.shape, generator=gen).to(x.device)
+        elif order == "confidence":
+            score = conf
+        else:
+            correct = tok == solutions
+            p_true = probs.gather(-1, solutions[..., None]).squeeze(-1)
+            score = torch.where(correct, 1.0 + conf, p_true)
+        score = score.masked_fill(~masked, float("-inf"))
+        pos = score.argmax(-1)
+        active = masked.any(-1)
+        new = torch.where(active, tok[rows, pos], x[rows, pos])
+        x[rows, pos] = new
+    return x, calls
