@@ -150,13 +150,14 @@ SCORERS = {"mlp": MLPScorer, "transformer": TransformerScorer}
 class Trajectory:
     """What a policy saw and chose at each step of a rollout (for the trainers).
 
-    Per step: features [B, W, F], eligible [B, W], quota [B] (top-k mode) or
-    None, chosen [B, W], and the log-probability of the chosen set under the
-    policy that chose it [B].
+    Per step: features [B, W, F], hidden states (or None), proposed tokens
+    [B, W], eligible [B, W], quota [B] (top-k mode) or None, chosen [B, W], and
+    the log-probability of the chosen set under the policy that chose it [B].
     """
 
     features: list = field(default_factory=list)
     hidden: list = field(default_factory=list)  # [B, W, H] per step when the scorer reads hidden states
+    tokens: list = field(default_factory=list)  # [B, W] the proposed tokens (stats.token)
     eligible: list = field(default_factory=list)
     quota: list = field(default_factory=list)
     chosen: list = field(default_factory=list)
@@ -224,6 +225,7 @@ class LearnedPolicy(Policy):
             t = self.trajectory
             t.features.append(features)
             t.hidden.append(None if hidden is None else hidden.detach().clone())
+            t.tokens.append(ctx.stats.token.clone())
             t.eligible.append(ctx.eligible.clone())
             t.quota.append(None if ctx.quota is None else ctx.quota.clone())
             t.chosen.append(chosen)

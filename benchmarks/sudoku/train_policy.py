@@ -11,10 +11,11 @@ blanks plus 1 when the whole grid is solved. Rollouts run through
 (Plackett-Luce sampling of the positions); the trained policy then decodes
 greedily (top-k of its scores under the same schedule).
 
-``--init confidence`` first fits the scorer to reproduce the LowConfidence
-ranking (a few hundred supervised steps on features from rollouts), so the
-reinforcement learning starts from the best heuristic instead of from random
-scores.
+``--init`` chooses a supervised warm start before the reinforcement learning
+(a few dozen updates on features of exploring rollouts): ``confidence`` fits
+the scores to the LowConfidence ranking (start from the heuristic);
+``correct`` fits them to "the proposed digit is right" (the reward's own
+information, as a context-aware confidence); ``random`` skips it.
 """
 from __future__ import annotations
 
@@ -46,27 +47,36 @@ def training_set(n_base: int, copies: int, seed: int):
     return puzzles, solutions
 
 
-def fit_to_confidence(policy, model, puzzles, steps, iterations=300, lr=3e-3, seed=0):
-    """Supervised warm start: scores regress onto 5 * confidence on features of
-    LowConfidence rollouts, so greedy top-k ranks like LowConfidence."""
-    heuristic = LearnedPolicy(policy.scorer)  # records features along its own (greedy) path
+def warm_start(policy, model, puzzles, solutions, steps, target, iterations=60, lr=3e-3, seed=0):
+    """Supervised start on features of exploring rollouts (4 random steps per update):
+    ``confidence``: scores regress onto 5 * confidence, so greedy top-k ranks like
+    LowConfidence; ``correct``: scores are the logit of "the proposed digit is the
+    solution's" (binary cross-entropy), a context-aware confidence."""
     opt = torch.optim.AdamW(policy.scorer.parameters(), lr=lr)
     conf = FEATURES.index("confidence")
     g = torch.Generator().manual_seed(seed)
+    loss = torch.zeros(())
     for it in range(iterations):
-        if it % 50 == 0:
-            batch = puzzles[torch.randperm(puzzles.shape[0], generator=g)[:64]]
-            _, traj = rollout(heuristic, model, batch, seed=it, explore=3.0, infill=True, steps=steps,
+        if it % 10 == 0:
+            pick = torch.randperm(puzzles.shape[0], generator=g)[:32]
+            _, traj = rollout(policy, model, puzzles[pick], seed=it, explore=3.0, infill=True, steps=steps,
                               mask_id=sudoku.MASK_TOKEN)
+            answer = solutions[pick]
         loss = 0.0
-        for f, e in zip(traj.features, traj.eligible):
+        for t in torch.randperm(len(traj), generator=g)[:4].tolist():
+            f, e = traj.features[t], traj.eligible[t].float()
             s = policy.scorer(f)
-            loss = loss + ((s - 5 * f[..., conf]) ** 2 * e).sum() / e.sum().clamp_min(1)
-        loss = loss / len(traj)
+            if target == "confidence":
+                per = (s - 5 * f[..., conf]) ** 2
+            else:
+                right = (traj.tokens[t] == answer).float()
+                per = torch.nn.functional.binary_cross_entropy_with_logits(s, right, reduction="none")
+            loss = loss + (per * e).sum() / e.sum().clamp_min(1)
+        loss = loss / 4
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def main(argv=None):
@@ -79,9 +89,13 @@ def main(argv=None):
     ap.add_argument("--group", type=int, default=8, help="rollouts per puzzle")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--explore", type=float, default=1.0)
-    ap.add_argument("--init", choices=("random", "confidence"), default="confidence")
+    ap.add_argument("--init", choices=("random", "confidence", "correct"), default="confidence")
+    ap.add_argument("--warm-iterations", type=int, default=60)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--inner-epochs", type=int, default=1)
     ap.add_argument("--base-puzzles", type=int, default=200)
     ap.add_argument("--eval-puzzles", type=int, default=100, help="held-out puzzles for the before/after report")
+    ap.add_argument("--denoiser", default="long", help="a budget name (short, long) or a .safetensors path")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -89,13 +103,21 @@ def main(argv=None):
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     t0 = time.time()
-    model = NoMaskProposals(sudoku.load_denoiser("long"), sudoku.MASK_TOKEN)
+    if args.denoiser.endswith(".safetensors"):
+        denoiser = sudoku.load_denoiser(path=args.denoiser)
+    else:
+        denoiser = sudoku.load_denoiser(args.denoiser)
+    model = NoMaskProposals(denoiser, sudoku.MASK_TOKEN)
     puzzles, solutions = training_set(args.base_puzzles, 10, args.seed)
-    scorer = TransformerScorer() if args.scorer == "transformer" else MLPScorer()
+    if args.scorer == "transformer":
+        scorer = TransformerScorer(d_model=args.d_model, ff=4 * args.d_model, max_positions=sudoku.NUM_CELLS)
+    else:
+        scorer = MLPScorer()
     policy = LearnedPolicy(scorer)
-    if args.init == "confidence":
-        loss = fit_to_confidence(policy, model, puzzles, args.steps, seed=args.seed)
-        print(f"warm start (fit to confidence): loss {loss:.4f}, {time.time() - t0:.0f} s", flush=True)
+    if args.init != "random":
+        loss = warm_start(policy, model, puzzles, solutions, args.steps, args.init, args.warm_iterations,
+                          seed=args.seed)
+        print(f"warm start ({args.init}): loss {loss:.4f}, {time.time() - t0:.0f} s", flush=True)
 
     held_p, held_s = sudoku.heldout_puzzles(args.eval_puzzles)
 
@@ -125,7 +147,8 @@ def main(argv=None):
                   explore=args.explore, seed=args.seed, infill=True, steps=args.steps, mask_id=sudoku.MASK_TOKEN,
                   log=log)
     if args.trainer == "grpo":
-        history = grpo(policy, model, puzzles, reward, group_size=args.group, **common)
+        history = grpo(policy, model, puzzles, reward, group_size=args.group, inner_epochs=args.inner_epochs,
+                       **common)
     else:
         history = rloo(policy, model, puzzles, reward, samples=args.group, **common)
     after = report("after")
