@@ -28,7 +28,7 @@ import dmkernels
 from dmkernels import policies as P
 from dmkernels.learned import LearnedPolicy
 
-SCHEDULED_STEPS = (10, 20, 30, 57)
+SCHEDULED_STEPS = (10, 20, 57)
 QUICK_STEPS = (20,)
 
 
@@ -114,7 +114,7 @@ def entries(solutions: torch.Tensor, checkpoints: str, quick: bool) -> list[Entr
         Entry("Entropy", P.Entropy, steps),
         Entry("Oracle", lambda: Oracle(solutions), steps),
     ]
-    gammas = (0.1, 1.0) if quick else (0.01, 0.1, 0.3, 1.0, 3.0)
+    gammas = (0.1, 1.0) if quick else (0.01, 0.1, 1.0)
     out += [Entry(f"EntropyBounded(gamma={g})", lambda g=g: P.EntropyBounded(g), ()) for g in gammas]
     out += [Entry(f"Dilated(base={b})", lambda b=b: P.Dilated(b), ()) for b in ((2,) if quick else (2, 3))]
     for name, path in learned_policies(checkpoints):

@@ -1,0 +1,68 @@
+"""A slice of the Sudoku quality benchmark (dmkernels/bench/quality.py) on the
+shipped denoiser: order must visibly matter, and the shipped learned policies
+must load and run."""
+import json
+import os
+
+import pytest
+import torch
+
+from dmkernels import policies as P
+from dmkernels.bench import quality
+from dmkernels.tasks import sudoku
+
+N = 32
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return sudoku.heldout_puzzles(N)
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    return sudoku.load_denoiser("long")
+
+
+def test_confidence_beats_random_and_the_oracle_beats_both(heldout, denoiser):
+    puzzles, solutions = heldout
+    rand = quality.evaluate(denoiser, puzzles, solutions, P.Random(), 20)
+    conf = quality.evaluate(denoiser, puzzles, solutions, P.LowConfidence(), 20)
+    oracle = quality.evaluate(denoiser, puzzles, solutions, quality.Oracle(solutions), 20)
+    assert rand["model_calls"] == conf["model_calls"] == 20
+    assert conf["cell_accuracy"] > rand["cell_accuracy"] + 0.1
+    assert conf["solve_rate"] >= rand["solve_rate"]
+    assert oracle["solve_rate"] > conf["solve_rate"]
+    assert 0 <= rand["solve_rate"] <= 1 and rand["n_puzzles"] == N
+
+
+def test_adaptive_policies_count_calls_per_puzzle(heldout, denoiser):
+    puzzles, solutions = heldout
+    r = quality.evaluate(denoiser, puzzles[:8], solutions[:8], P.EntropyBounded(0.1), None)
+    blanks = (puzzles[:8] == sudoku.MASK_TOKEN).sum(-1).float()
+    assert 1 <= r["model_calls"] <= float(blanks.max())
+    full = quality.evaluate(denoiser, puzzles[:8], solutions[:8], P.EntropyBounded(0.0), None)
+    assert full["model_calls"] == pytest.approx(float(blanks.mean()))  # gamma 0: one cell per call
+
+
+def test_shipped_learned_policies_load_and_run(heldout, denoiser):
+    shipped = quality.learned_policies(str(sudoku.checkpoint_dir()))
+    assert shipped, "no learned policy checkpoint is committed"
+    puzzles, solutions = heldout
+    for name, path in shipped:
+        policy = quality.LearnedPolicy.load(path)
+        r = quality.evaluate(denoiser, puzzles[:8], solutions[:8], policy, 20 if policy.selection == "topk" else None)
+        assert r["cell_accuracy"] > 0.3, name
+        meta = json.loads(open(os.path.splitext(path)[0] + ".json").read())
+        assert meta["reward_last10"] > meta["reward_first10"], name  # training improved its reward
+
+
+def test_quality_cli_writes_records_and_plot(tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "SCHEDULED_STEPS", (20,))
+    records = quality.run(n_puzzles=6, budgets=("long",), quick=True, log=lambda *_: None)
+    fields = {"policy", "model_calls", "solve_rate", "cell_accuracy", "n_puzzles"}
+    assert records and all(fields <= set(r) for r in records)
+    pytest.importorskip("matplotlib")
+    quality.plot(records, str(tmp_path / "q.png"))
+    assert (tmp_path / "q.png").stat().st_size > 1000
+    assert torch.isfinite(torch.tensor([r["solve_rate"] for r in records])).all()
