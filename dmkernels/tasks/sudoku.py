@@ -354,7 +354,10 @@ def cell_accuracy(pred: torch.Tensor, solution: torch.Tensor, puzzle: torch.Tens
 def augment(grids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Apply a random validity-preserving symmetry to each grid (tokens
     ``[N, 81]``, MASK allowed): digit relabelling, row permutations within
-    bands, band permutations, the same for columns, and transposition."""
+    bands, band permutations, the same for columns, and transposition. The
+    random draws depend only on N and the generator's state, not on the
+    contents, so puzzles and their solutions augmented with identically
+    seeded generators get the same symmetry each."""
     n = grids.shape[0]
     dev = grids.device
 
