@@ -320,3 +320,18 @@ def test_scorer_reads_the_models_hidden_state(scorer, tmp_path):
     plain = WithHidden()
     dmkernels.infill(plain, toy_canvas(2), steps=4, policy=LearnedPolicy(MLPScorer()), mask_id=MASK)
     assert not any(plain.asked)
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+def test_hidden_state_policy_on_the_shipped_model_with_caches(cache):
+    from dmkernels.models import DiffusionLM, tiny_config
+    torch.manual_seed(0)
+    model = DiffusionLM(tiny_config(vocab_size=41)).eval()
+    out = model(torch.randint(0, 40, (2, 5)), output_hidden_states=True)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert out.hidden_states[-1].shape == (2, 5, model.config.hidden_size)
+    policy = LearnedPolicy(MLPScorer(hidden_size=model.config.hidden_size))
+    with forbid_host_sync():
+        gen = dmkernels.generate(model, torch.randint(0, 39, (2, 4)), gen_length=8, block_length=4, steps=4,
+                                 policy=policy, cache=cache, seed=0)
+    assert not (gen.sequences == 40).any()

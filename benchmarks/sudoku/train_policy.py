@@ -65,7 +65,8 @@ def warm_start(policy, model, puzzles, solutions, steps, target, iterations=60, 
         loss = 0.0
         for t in torch.randperm(len(traj), generator=g)[:4].tolist():
             f, e = traj.features[t], traj.eligible[t].float()
-            s = policy.scorer(f)
+            h = traj.hidden[t]
+            s = policy.scorer(f) if h is None else policy.scorer(f, h)
             if target == "confidence":
                 per = (s - 5 * f[..., conf]) ** 2
             else:
@@ -93,6 +94,7 @@ def main(argv=None):
     ap.add_argument("--warm-iterations", type=int, default=60)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--inner-epochs", type=int, default=1)
+    ap.add_argument("--hidden", action="store_true", help="the scorer also reads the denoiser's last hidden state")
     ap.add_argument("--base-puzzles", type=int, default=200)
     ap.add_argument("--eval-puzzles", type=int, default=100, help="held-out puzzles for the before/after report")
     ap.add_argument("--denoiser", default="long", help="a budget name (short, long) or a .safetensors path")
@@ -109,10 +111,12 @@ def main(argv=None):
         denoiser = sudoku.load_denoiser(args.denoiser)
     model = NoMaskProposals(denoiser, sudoku.MASK_TOKEN)
     puzzles, solutions = training_set(args.base_puzzles, 10, args.seed)
+    hidden = dict(hidden_size=denoiser.config.hidden_size) if args.hidden else {}
     if args.scorer == "transformer":
-        scorer = TransformerScorer(d_model=args.d_model, ff=4 * args.d_model, max_positions=sudoku.NUM_CELLS)
+        scorer = TransformerScorer(d_model=args.d_model, ff=4 * args.d_model, max_positions=sudoku.NUM_CELLS,
+                                   **hidden)
     else:
-        scorer = MLPScorer()
+        scorer = MLPScorer(**hidden)
     policy = LearnedPolicy(scorer)
     if args.init != "random":
         loss = warm_start(policy, model, puzzles, solutions, args.steps, args.init, args.warm_iterations,

@@ -44,11 +44,11 @@ class NoMaskProposals(torch.nn.Module):
 
     def forward(self, x, **kwargs):
         t0 = time.perf_counter()
-        logits = self.model(x, **kwargs).logits
-        logits[..., self.mask_id] = float("-inf")
+        out = self.model(x, **kwargs)
+        out.logits[..., self.mask_id] = float("-inf")  # in place: hidden states pass through
         self.seconds += time.perf_counter() - t0
         self.calls += 1
-        return logits
+        return out
 
 
 class Counted(P.Policy):

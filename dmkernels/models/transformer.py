@@ -75,10 +75,13 @@ KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 class DiffusionLMOutput(ModelOutput):
     """``logits`` ``[B, W, V]`` in the model's dtype (float32 by default);
     ``past_key_values``: with ``use_cache=True`` a tuple over layers of
-    ``(k, v)``, each ``[B, num_heads, L_total, head_dim]``, else None."""
+    ``(k, v)``, each ``[B, num_heads, L_total, head_dim]``, else None;
+    ``hidden_states``: with ``output_hidden_states=True`` the input embeddings
+    and every layer's output (the last after the final norm), each ``[B, W, hidden]``."""
 
     logits: torch.Tensor | None = None
     past_key_values: KVCache | None = None
+    hidden_states: tuple | None = None
 
 
 class RMSNorm(nn.Module):
@@ -278,6 +281,7 @@ class DiffusionLM(PreTrainedModel):
         replace_position: torch.Tensor | None = None,
         replace_range: tuple[int, int] | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool = False,
     ):
         b, w = input_ids.shape
         device = input_ids.device
@@ -324,13 +328,20 @@ class DiffusionLM(PreTrainedModel):
         replace_start = start if dual else None
 
         presents = []
+        hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             past = None if past_key_values is None else past_key_values[i]
             x, kv = layer(x, cos, sin, bias, past, replace_start)
             presents.append(kv)
-        logits = self.lm_head(self.norm(x))
+            if output_hidden_states:
+                hidden.append(x)
+        final = self.norm(x)
+        logits = self.lm_head(final)
+        if output_hidden_states:
+            hidden[-1] = final
 
         pkv = tuple(presents) if use_cache else None
+        hs = tuple(hidden) if output_hidden_states else None
         if return_dict is False:
-            return (logits, pkv) if use_cache else (logits,)
-        return DiffusionLMOutput(logits=logits, past_key_values=pkv)
+            return tuple(v for v in (logits, pkv, hs) if v is not None)
+        return DiffusionLMOutput(logits=logits, past_key_values=pkv, hidden_states=hs)
