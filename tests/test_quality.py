@@ -66,3 +66,11 @@ def test_quality_cli_writes_records_and_plot(tmp_path, monkeypatch):
     quality.plot(records, str(tmp_path / "q.png"))
     assert (tmp_path / "q.png").stat().st_size > 1000
     assert torch.isfinite(torch.tensor([r["solve_rate"] for r in records])).all()
+
+
+def test_a_hidden_state_policy_runs_in_the_benchmark(heldout, denoiser):
+    from dmkernels.learned import MLPScorer
+    puzzles, solutions = heldout
+    policy = quality.LearnedPolicy(MLPScorer(hidden_size=denoiser.config.hidden_size))
+    r = quality.evaluate(denoiser, puzzles[:4], solutions[:4], policy, 10)
+    assert r["model_calls"] == 10 and 0 <= r["cell_accuracy"] <= 1

@@ -62,6 +62,7 @@ class Counted(P.Policy):
         self.tempered_scores = inner.tempered_scores
         self.needs_generator = inner.needs_generator
         self.uses_quota = inner.uses_quota
+        self.needs_hidden = getattr(inner, "needs_hidden", False)
         self.active_steps = None
         self.seconds = 0.0
 
