@@ -87,6 +87,37 @@ def _rewards(reward_fn, sequences, index, name):
     return r
 
 
+def _grouped_rollouts(policy, model, prompts, reward_fn, *, name, per_prompt, iterations, prompts_per_iteration,
+                      explore, seed, infill, generate_kwargs):
+    """The loop both trainers share: each iteration draws ``prompts_per_iteration``
+    prompts, rolls each out ``per_prompt`` times under the exploring policy and
+    yields ``(iteration, trajectory, rewards [prompts, per_prompt])``. The policy
+    explores at ``explore`` throughout (its log-probabilities are taken at that
+    temperature) and gets its own setting back at the end."""
+    g = torch.Generator().manual_seed(seed)
+    saved_explore = policy.explore
+    policy.explore = explore
+    try:
+        for it in range(iterations):
+            pick = torch.randperm(prompts.shape[0], generator=g)[:prompts_per_iteration]
+            index = pick.repeat_interleave(per_prompt)
+            batch = prompts[index.to(prompts.device)]
+            sequences, traj = rollout(policy, model, batch, seed=seed * 1_000_003 + it, explore=explore,
+                                      infill=infill, **generate_kwargs)
+            if len(traj) == 0:
+                raise RuntimeError(f"dmkernels.train.{name}: the rollout made no decisions")
+            rewards = _rewards(reward_fn, sequences, index, name)
+            yield it, traj, rewards.view(-1, per_prompt)
+    finally:
+        policy.explore = saved_explore
+
+
+def _log(history: list, log, record: dict) -> None:
+    history.append(record)
+    if log is not None:
+        log(record)
+
+
 def grpo(policy: LearnedPolicy, model, prompts: torch.Tensor, reward_fn: RewardFn, *, iterations: int = 100,
          prompts_per_iteration: int = 8, group_size: int = 8, lr: float = 3e-4, clip: float = 0.2,
          kl_coef: float = 0.04, inner_epochs: int = 2, explore: float = 1.0, seed: int = 0, infill: bool = False,
@@ -97,44 +128,29 @@ def grpo(policy: LearnedPolicy, model, prompts: torch.Tensor, reward_fn: RewardF
     for p in reference.parameters():
         p.requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.scorer.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
     history = []
-    saved_explore = policy.explore
-    policy.explore = explore
-    try:
-        for it in range(iterations):
-            pick = torch.randperm(prompts.shape[0], generator=g)[:prompts_per_iteration]
-            index = pick.repeat_interleave(group_size)
-            batch = prompts[index.to(prompts.device)]
-            sequences, traj = rollout(policy, model, batch, seed=seed * 1_000_003 + it, explore=explore,
-                                      infill=infill, **generate_kwargs)
-            rewards = _rewards(reward_fn, sequences, index, "grpo")
-            grouped = rewards.view(-1, group_size)
-            advantage = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-6)).view(-1)
-            if len(traj) == 0:
-                raise RuntimeError("dmkernels.train.grpo: the rollout made no decisions")
-            old = torch.stack(traj.log_prob).detach()
-            valid = _decisions(traj).to(old.dtype)
-            with torch.no_grad():
-                ref = trajectory_log_probs(policy, traj, reference)
-            for _ in range(inner_epochs):
-                new = trajectory_log_probs(policy, traj)
-                ratio = torch.exp(new - old)
-                adv = advantage.to(new.dtype)[None, :]
-                surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-                log_ratio_ref = ref - new
-                kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1
-                loss = -((surrogate - kl_coef * kl) * valid).sum() / valid.sum().clamp_min(1)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            record = dict(iteration=it, reward=float(rewards.mean()), loss=float(loss.detach()),
-                          kl=float((kl.detach() * valid).sum() / valid.sum().clamp_min(1)))
-            history.append(record)
-            if log is not None:
-                log(record)
-    finally:
-        policy.explore = saved_explore
+    for it, traj, grouped in _grouped_rollouts(
+            policy, model, prompts, reward_fn, name="grpo", per_prompt=group_size, iterations=iterations,
+            prompts_per_iteration=prompts_per_iteration, explore=explore, seed=seed, infill=infill,
+            generate_kwargs=generate_kwargs):
+        advantage = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-6)).view(-1)
+        old = torch.stack(traj.log_prob).detach()
+        valid = _decisions(traj).to(old.dtype)
+        with torch.no_grad():
+            ref = trajectory_log_probs(policy, traj, reference)
+        for _ in range(inner_epochs):
+            new = trajectory_log_probs(policy, traj)
+            ratio = torch.exp(new - old)
+            adv = advantage.to(new.dtype)[None, :]
+            surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+            log_ratio_ref = ref - new
+            kl = torch.exp(log_ratio_ref) - log_ratio_ref - 1
+            loss = -((surrogate - kl_coef * kl) * valid).sum() / valid.sum().clamp_min(1)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        _log(history, log, dict(iteration=it, reward=float(grouped.mean()), loss=float(loss.detach()),
+                                kl=float((kl.detach() * valid).sum() / valid.sum().clamp_min(1))))
     return history
 
 
@@ -144,31 +160,18 @@ def rloo(policy: LearnedPolicy, model, prompts: torch.Tensor, reward_fn: RewardF
     """Train ``policy`` in place with REINFORCE and a leave-one-out baseline."""
     _check(policy, prompts, reward_fn, samples, "rloo")
     optimizer = torch.optim.AdamW(policy.scorer.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
     history = []
-    saved_explore = policy.explore
-    policy.explore = explore
-    try:
-        for it in range(iterations):
-            pick = torch.randperm(prompts.shape[0], generator=g)[:prompts_per_iteration]
-            index = pick.repeat_interleave(samples)
-            batch = prompts[index.to(prompts.device)]
-            sequences, traj = rollout(policy, model, batch, seed=seed * 1_000_003 + it, explore=explore,
-                                      infill=infill, **generate_kwargs)
-            rewards = _rewards(reward_fn, sequences, index, "rloo")
-            grouped = rewards.view(-1, samples)
-            baseline = (grouped.sum(1, keepdim=True) - grouped) / (samples - 1)
-            advantage = (grouped - baseline).view(-1)
-            valid = _decisions(traj)
-            logp = (trajectory_log_probs(policy, traj) * valid).sum(0)  # log P(order) per rollout
-            loss = -(advantage.to(logp.dtype) * logp).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            record = dict(iteration=it, reward=float(rewards.mean()), loss=float(loss.detach()))
-            history.append(record)
-            if log is not None:
-                log(record)
-    finally:
-        policy.explore = saved_explore
+    for it, traj, grouped in _grouped_rollouts(
+            policy, model, prompts, reward_fn, name="rloo", per_prompt=samples, iterations=iterations,
+            prompts_per_iteration=prompts_per_iteration, explore=explore, seed=seed, infill=infill,
+            generate_kwargs=generate_kwargs):
+        baseline = (grouped.sum(1, keepdim=True) - grouped) / (samples - 1)
+        advantage = (grouped - baseline).view(-1)
+        valid = _decisions(traj)
+        logp = (trajectory_log_probs(policy, traj) * valid).sum(0)  # log P(order) per rollout
+        loss = -(advantage.to(logp.dtype) * logp).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        _log(history, log, dict(iteration=it, reward=float(grouped.mean()), loss=float(loss.detach())))
     return history
