@@ -34,7 +34,7 @@ import torch.distributed as dist
 from . import ops
 from .reference.token_stats_partial import NUM_FIELDS, merge_token_stats_partials
 
-__all__ = ["DataParallel", "VocabParallel", "all_done", "bytes_per_step", "gather_partials", "merge_partials",
+__all__ = ["DataParallel", "VocabParallel", "all_done", "all_gather_flat", "bytes_per_step", "gather_partials", "merge_partials",
            "row_offset_of", "token_stats"]
 
 
@@ -51,6 +51,13 @@ def _world(group) -> int:
     return dist.get_world_size(group)
 
 
+def all_gather_flat(out: torch.Tensor, tensor: torch.Tensor, group=None) -> None:
+    """All-gather ``tensor`` (any shape, contiguous) into the flat ``out`` of W
+    times its size, in rank order; gloo wants flat buffers here."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, tensor.reshape(-1), group=group)
+
+
 def gather_partials(partial: torch.Tensor, group=None) -> torch.Tensor:
     """All ranks' partials [W, ..., 8], rank order, by one all-gather over ``group``."""
     W = _world(group)
@@ -58,8 +65,7 @@ def gather_partials(partial: torch.Tensor, group=None) -> torch.Tensor:
     if W == 1:
         return partial.unsqueeze(0)
     out = partial.new_empty(W * partial.numel())
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(out, partial.reshape(-1), group=group)
+    all_gather_flat(out, partial, group)
     return out.view(W, *partial.shape)
 
 
@@ -104,9 +110,7 @@ def row_offset_of(batch_size: int, group=None) -> tuple[int, int]:
     rank = dist.get_rank(group)
     device = _collective_device(group)
     sizes = torch.zeros(W, dtype=torch.int64, device=device)
-    mine = torch.tensor([batch_size], dtype=torch.int64, device=device)
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(sizes, mine, group=group)
+    all_gather_flat(sizes, torch.tensor([batch_size], dtype=torch.int64, device=device), group)
     return int(sizes[:rank].sum()), rank
 
 

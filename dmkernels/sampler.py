@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from . import ops
+from . import distributed, ops
 from .cache import NoCache, make_cache
 from .policies import Policy, StepContext
 from .testing import step_scope
@@ -212,7 +212,6 @@ class Sampler:
         self.row_offset = 0  # data parallel: this worker's first row in the global batch
         generator_seed_shift = 0
         if parallel is not None:
-            from . import distributed
             if isinstance(parallel, distributed.VocabParallel):
                 if seed is None:
                     _fail("seed must be given with VocabParallel: every rank must draw the same numbers")
@@ -265,7 +264,6 @@ class Sampler:
                   backend=self.backend, **noise)
         if self.parallel is None:
             return ops.token_stats(rows, **kw)
-        from . import distributed
         if isinstance(self.parallel, distributed.VocabParallel):
             return distributed.token_stats(rows, vocab_start=self.parallel.vocab_start, group=self.parallel.group,
                                            **kw)
@@ -276,7 +274,6 @@ class Sampler:
     def agree(self, done: torch.Tensor) -> torch.Tensor:
         """A done-flag every worker agrees on: under DataParallel(lockstep=True), done
         only when done everywhere (one all-reduce of one int, queued on the device)."""
-        from . import distributed
         if isinstance(self.parallel, distributed.DataParallel) and self.parallel.lockstep:
             return distributed.all_done(done, self.parallel.group)
         return done

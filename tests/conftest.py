@@ -25,3 +25,16 @@ def _seed(request):
     # A different but reproducible stream per test.
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     yield
+
+
+@pytest.fixture
+def tiles(monkeypatch):
+    """Force the Triton token_stats tile width and number of vocabulary splits
+    (None: the kernel's own choice), for the Triton token_stats tests."""
+    from dmkernels.triton import token_stats as triton_token_stats
+
+    def force(block_v=None, splits=None):
+        monkeypatch.setattr(triton_token_stats, "BLOCK_V_OVERRIDE", block_v)
+        monkeypatch.setattr(triton_token_stats, "SPLITS_OVERRIDE", splits)
+
+    return force

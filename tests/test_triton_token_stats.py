@@ -54,17 +54,6 @@ def check(logits, **kw):
     return ours
 
 
-@pytest.fixture
-def tiles(monkeypatch):
-    """Force the tile width and the number of vocabulary splits."""
-
-    def force(block_v=None, splits=None):
-        monkeypatch.setattr(triton_token_stats, "BLOCK_V_OVERRIDE", block_v)
-        monkeypatch.setattr(triton_token_stats, "SPLITS_OVERRIDE", splits)
-
-    return force
-
-
 def test_noise_is_bit_identical_to_the_reference():
     for seed, offset, rows, V in [(0, 0, 2, 100), (2**40 + 7, 2**33 + 5, 3, 77), (2**63 - 1, 2**63 - 1, 1, 64)]:
         ours = triton_noise.gumbel_noise(seed, offset, rows, V, device=DEVICE).cpu()

@@ -53,17 +53,6 @@ def _poison(monkeypatch):
     monkeypatch.setenv("DMKERNELS_POISON_OUTPUTS", "1")
 
 
-@pytest.fixture
-def tiles(monkeypatch):
-    """Force the tile width and the number of vocabulary splits."""
-
-    def force(block_v=None, splits=None):
-        monkeypatch.setattr(triton_token_stats, "BLOCK_V_OVERRIDE", block_v)
-        monkeypatch.setattr(triton_token_stats, "SPLITS_OVERRIDE", splits)
-
-    return force
-
-
 def run(logits, temperature=0.0, seed=0, offset=0, tempered_scores=False, positions=None, rng=None,
         vocab_start=0, row_offset=0):
     return op(logits, temperature, seed, offset, tempered_scores, positions, rng, vocab_start, row_offset)

@@ -60,10 +60,9 @@ def _worker(rank: int, world: int, init_file: str, rows_list: list[int], repeats
             padded = torch.full((rows, width), float("-inf"), dtype=torch.bfloat16)
             padded[:, :end - start] = local
             gathered = torch.empty(world * rows * width, dtype=torch.bfloat16)
-            all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
             def gather():
-                all_gather(gathered, padded.view(-1))
+                D.all_gather_flat(gathered, padded)
                 whole = gathered.view(world, rows, width).permute(1, 0, 2).reshape(rows, world * width)[:, :VOCAB]
                 return ops.token_stats(whole, **kw)
 

@@ -119,11 +119,9 @@ def entries(solutions: torch.Tensor, checkpoints: str, quick: bool) -> list[Entr
     out += [Entry(f"EntropyBounded(gamma={g})", lambda g=g: P.EntropyBounded(g), ()) for g in gammas]
     out += [Entry(f"Dilated(base={b})", lambda b=b: P.Dilated(b), ()) for b in ((2,) if quick else (2, 3))]
     for name, path in learned_policies(checkpoints):
-        policy = LearnedPolicy.load(path)
-        if policy.selection == "topk":
-            out.append(Entry(f"Learned[{name}]", lambda path=path: LearnedPolicy.load(path), steps))
-        else:
-            out.append(Entry(f"Learned[{name}]", lambda path=path: LearnedPolicy.load(path), ()))
+        # Entries are made fresh per run; the first load only tells scheduled from adaptive.
+        scheduled = LearnedPolicy.load(path).selection == "topk"
+        out.append(Entry(f"Learned[{name}]", lambda path=path: LearnedPolicy.load(path), steps if scheduled else ()))
     return out
 
 
