@@ -29,14 +29,28 @@ at::Tensor row_offsets(const at::Tensor& logits) {
   return offsets;
 }
 
+// What the tuple kernel reads besides the logits: row offsets, the positions
+// mask and the device (seed, offset), made contiguous once per call.
+struct StatsInputs {
+  at::Tensor offsets, active, rng;
+};
+
+StatsInputs stats_inputs(const at::Tensor& logits, const std::optional<at::Tensor>& positions,
+                         const std::optional<at::Tensor>& rng) {
+  StatsInputs in;
+  in.offsets = row_offsets(logits);
+  if (positions.has_value()) in.active = positions->contiguous();
+  if (rng.has_value()) in.rng = rng->contiguous();
+  return in;
+}
+
 // Plans the vocabulary split over p.V columns (p.V, p.lead, p.col_base and
 // p.row_base set by the caller), fills the rest of `p` and launches the tuple
 // kernel on rows x splits blocks. Returns the tuple buffer [rows * splits];
-// `offsets`, `active` and `rng_device` must outlive the launches.
+// `in` must outlive the launches.
 template <bool kSlice>
 at::Tensor launch_stats_tuples(const char* op, const at::Tensor& logits, double temperature, int64_t seed,
-                               int64_t offset, bool tempered_scores, const at::Tensor& offsets,
-                               const at::Tensor& active, const at::Tensor& rng_device, cuda::StatsParams& p) {
+                               int64_t offset, bool tempered_scores, const StatsInputs& in, cuda::StatsParams& p) {
   const int64_t V = p.V;
   const int64_t rows = p.rows;
   // Enough blocks to fill the GPU twice over, but no split smaller than one
@@ -53,26 +67,27 @@ at::Tensor launch_stats_tuples(const char* op, const at::Tensor& logits, double 
   p.tempered_scores = tempered_scores;
   p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
   p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
-  p.rng = rng_device.defined() ? rng_device.const_data_ptr<int64_t>() : nullptr;
+  p.rng = in.rng.defined() ? in.rng.const_data_ptr<int64_t>() : nullptr;
 
   at::Tensor partial = at::empty({rows * splits * static_cast<int64_t>(sizeof(cuda::StatsTuple))},
                                  logits.options().dtype(at::kByte));
   auto* partial_ptr = reinterpret_cast<cuda::StatsTuple*>(partial.data_ptr());
-  const bool* active_ptr = active.defined() ? active.const_data_ptr<bool>() : nullptr;
+  const bool* active_ptr = in.active.defined() ? in.active.const_data_ptr<bool>() : nullptr;
+  const int64_t* offsets = in.offsets.const_data_ptr<int64_t>();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(splits));
   AT_DISPATCH_SWITCH(logits.scalar_type(), "token_stats_cuda",
     AT_DISPATCH_CASE(at::kFloat, [&] {
       cuda::token_stats_partial_kernel<float, kSlice><<<grid, cuda::kStatsThreads, 0, stream>>>(
-          logits.const_data_ptr<float>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
+          logits.const_data_ptr<float>(), offsets, active_ptr, p, partial_ptr);
     })
     AT_DISPATCH_CASE(at::kHalf, [&] {
       cuda::token_stats_partial_kernel<at::Half, kSlice><<<grid, cuda::kStatsThreads, 0, stream>>>(
-          logits.const_data_ptr<at::Half>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
+          logits.const_data_ptr<at::Half>(), offsets, active_ptr, p, partial_ptr);
     })
     AT_DISPATCH_CASE(at::kBFloat16, [&] {
       cuda::token_stats_partial_kernel<at::BFloat16, kSlice><<<grid, cuda::kStatsThreads, 0, stream>>>(
-          logits.const_data_ptr<at::BFloat16>(), offsets.const_data_ptr<int64_t>(), active_ptr, p, partial_ptr);
+          logits.const_data_ptr<at::BFloat16>(), offsets, active_ptr, p, partial_ptr);
     }));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return partial;
@@ -88,17 +103,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
   auto [token, confidence, margin, entropy] = new_token_stats_outputs(logits);
   if (rows == 0) return {token, confidence, margin, entropy};
 
-  const at::Tensor offsets = row_offsets(logits);
-  at::Tensor active;
-  if (positions.has_value()) active = positions->contiguous();
-  at::Tensor rng_device;
-  if (rng.has_value()) rng_device = rng->contiguous();
+  const StatsInputs in = stats_inputs(logits, positions, rng);
   cuda::StatsParams p;
   p.rows = rows;
   p.V = V;
   const at::Tensor partial = launch_stats_tuples<false>("token_stats", logits, temperature, seed, offset,
-                                                        tempered_scores, offsets, active, rng_device, p);
-  const bool* active_ptr = active.defined() ? active.const_data_ptr<bool>() : nullptr;
+                                                        tempered_scores, in, p);
+  const bool* active_ptr = in.active.defined() ? in.active.const_data_ptr<bool>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int merge_threads = 128;
   cuda::token_stats_merge_kernel<<<static_cast<unsigned>((rows + merge_threads - 1) / merge_threads), merge_threads, 0,
@@ -121,11 +132,7 @@ at::Tensor token_stats_partial_cuda(const at::Tensor& logits, double temperature
   at::Tensor out = new_token_stats_partial_output(logits);
   if (rows == 0) return out;
 
-  const at::Tensor offsets = row_offsets(logits);
-  at::Tensor active;
-  if (positions.has_value()) active = positions->contiguous();
-  at::Tensor rng_device;
-  if (rng.has_value()) rng_device = rng->contiguous();
+  const StatsInputs in = stats_inputs(logits, positions, rng);
   cuda::StatsParams p;
   p.rows = rows;
   p.lead = vocab_start % kNoiseGroup;
@@ -133,8 +140,8 @@ at::Tensor token_stats_partial_cuda(const at::Tensor& logits, double temperature
   p.row_base = row_offset;
   p.V = V + p.lead;
   const at::Tensor partial = launch_stats_tuples<true>("token_stats_partial", logits, temperature, seed, offset,
-                                                       tempered_scores, offsets, active, rng_device, p);
-  const bool* active_ptr = active.defined() ? active.const_data_ptr<bool>() : nullptr;
+                                                       tempered_scores, in, p);
+  const bool* active_ptr = in.active.defined() ? in.active.const_data_ptr<bool>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int threads = 128;
   cuda::token_stats_partial_finish_kernel<<<static_cast<unsigned>((rows + threads - 1) / threads), threads, 0,
