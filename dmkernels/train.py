@@ -16,7 +16,15 @@ is trained exactly as it will run:
   objective of "learning generation orders" (the order is the latent variable,
   the selector its posterior).
 
-Each returns the history: one dict per iteration (mean reward, loss).
+* :func:`supervised` - learning from answers, for tasks with a known target
+  sequence (infilling, Sudoku, SFT data): the scorer learns "the proposed token
+  equals the target's" on the states that the policy itself visits while
+  everything it has committed is still right (DAgger), with binary
+  cross-entropy plus a listwise term that ranks the right proposals first. A
+  warm start for the reinforcement learners, or a policy on its own.
+
+Each returns the history: one dict per iteration (mean reward, loss) or, for
+:func:`supervised`, per epoch.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ import torch
 from .learned import LearnedPolicy, Trajectory, set_log_prob
 from .sampler import generate, infill as infill_fn
 
-__all__ = ["grpo", "rloo", "rollout", "trajectory_log_probs"]
+__all__ = ["grpo", "rloo", "rollout", "supervised", "trajectory_log_probs"]
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -174,4 +182,97 @@ def rloo(policy: LearnedPolicy, model, prompts: torch.Tensor, reward_fn: RewardF
         loss.backward()
         optimizer.step()
         _log(history, log, dict(iteration=it, reward=float(grouped.mean()), loss=float(loss.detach())))
+    return history
+
+
+def _clean_states(policy, model, prompts, targets, *, explore, seed, batch, infill, generate_kwargs):
+    """Roll out ``policy`` (exploring) and keep, per step, the rows whose commits so
+    far all equal the targets: (features, hidden or None, right, eligible)."""
+    kept = []
+    for lo in range(0, prompts.shape[0], batch):
+        target = targets[lo:lo + batch]
+        _, traj = rollout(policy, model, prompts[lo:lo + batch], seed=seed + lo, explore=explore, infill=infill,
+                          **generate_kwargs)
+        clean = torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
+        for t in range(len(traj)):
+            tokens, eligible = traj.tokens[t], traj.eligible[t]
+            if tokens.shape[1] != target.shape[1]:
+                raise ValueError(f"dmkernels.train.supervised: targets have {target.shape[1]} columns but the "
+                                 f"policy scores blocks of {tokens.shape[1]}; give the answer for the scored "
+                                 "positions (the canvas with infill=True, the generation with one block)")
+            right = tokens == target
+            keep = clean & eligible.any(-1)
+            h = traj.hidden[t]
+            kept.append((traj.features[t][keep], None if h is None else h[keep], right[keep], eligible[keep]))
+            clean = clean & ~(traj.chosen[t] & ~right).any(-1)
+    cat = lambda i: None if kept[0][i] is None else torch.cat([k[i] for k in kept])  # noqa: E731
+    return tuple(cat(i) for i in range(4))
+
+
+def _correctness_loss(scores, right, eligible):
+    """Binary cross-entropy of "the proposal is right" over eligible positions plus a
+    listwise term: -log of the softmax mass the row puts on its right proposals
+    (top-k selection only needs the right ones ranked first)."""
+    e = eligible.to(scores.dtype)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(scores, right.to(scores.dtype), reduction="none")
+    bce = (bce * e).sum() / e.sum().clamp_min(1)
+    good = eligible & right
+    has = good.any(-1)
+    floor = torch.finfo(scores.dtype).min / 4
+    listwise = (torch.logsumexp(torch.where(eligible, scores, floor), -1)
+                - torch.logsumexp(torch.where(good, scores, floor), -1))
+    listwise = listwise[has].mean() if bool(has.any()) else scores.sum() * 0
+    return bce + listwise
+
+
+def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: torch.Tensor, *, rounds: int = 2,
+               epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, explore: float = 0.5, seed: int = 0,
+               rollout_batch: int = 256, infill: bool = False, log: Callable[[dict], None] | None = None,
+               **generate_kwargs) -> list[dict]:
+    """Train ``policy`` in place to rank right proposals first; returns one record per epoch.
+
+    ``targets``: the answer for each prompt at the positions the policy scores:
+    [N, L] for ``infill=True`` (one block over the canvas), [N, gen_length] when
+    generating in one block. Each round rolls the policy out on every prompt exploring at
+    ``explore`` (the first round from whatever the scorer is, e.g. untrained),
+    adds the steps whose commits were all right so far to the data set, and
+    fits the scorer for ``epochs`` passes (AdamW, one-cycle learning rate).
+    """
+    if not isinstance(policy, LearnedPolicy):
+        raise TypeError(f"dmkernels.train.supervised: policy must be a LearnedPolicy, got {type(policy).__name__}")
+    if not isinstance(targets, torch.Tensor) or targets.shape[0] != prompts.shape[0]:
+        raise ValueError("dmkernels.train.supervised: targets must be a tensor with one row per prompt "
+                         f"({prompts.shape[0]})")
+    if policy.selection != "topk":
+        raise ValueError("dmkernels.train.supervised: trains top-k policies (selection='topk')")
+    g = torch.Generator().manual_seed(seed)
+    data, history = None, []
+    for r in range(rounds):
+        was_training = policy.scorer.training
+        policy.scorer.eval()
+        new = _clean_states(policy, model, prompts, targets, explore=explore, seed=seed * 1_000_003 + r * 65_537,
+                            batch=rollout_batch, infill=infill, generate_kwargs=generate_kwargs)
+        policy.scorer.train(was_training)
+        data = new if data is None else tuple(None if a is None else torch.cat([a, b]) for a, b in zip(data, new))
+        features, hidden, right, eligible = data
+        n = features.shape[0]
+        if n == 0:
+            raise RuntimeError("dmkernels.train.supervised: no step had a right proposal to learn from")
+        optimizer = torch.optim.AdamW(policy.scorer.parameters(), lr=lr, weight_decay=0.01)
+        per_epoch = (n + batch_size - 1) // batch_size
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * per_epoch,
+                                                       pct_start=0.1)
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=g).to(features.device)
+            total = 0.0
+            for lo in range(0, n, batch_size):
+                i = order[lo:lo + batch_size]
+                raw = policy.scorer(features[i]) if hidden is None else policy.scorer(features[i], hidden[i].float())
+                loss = _correctness_loss(raw.float(), right[i], eligible[i])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += float(loss.detach())
+            _log(history, log, dict(round=r, epoch=epoch, states=n, loss=total / per_epoch))
     return history

@@ -18,7 +18,7 @@ from dmkernels.learned import (
 )
 from dmkernels.policies import StepContext
 from dmkernels.testing import forbid_host_sync
-from dmkernels.train import grpo, rloo, rollout
+from dmkernels.train import _clean_states, grpo, rloo, rollout, supervised
 
 # A toy denoiser where order matters. Tokens 0..9, [MASK] = 10. The answer at
 # position j is j % 10. A position whose left neighbour is already decoded (or
@@ -265,6 +265,47 @@ def test_training_raises_the_reward_on_the_toy_task(trainer):
     last = sum(h["reward"] for h in history[-5:]) / 5
     assert last > first + 0.15, (first, last)
     assert after > before + 0.3 and after >= 0.9, (before, after)
+
+
+def toy_answers(n):
+    return (torch.arange(W) % 10).expand(n, W).clone()
+
+
+def test_supervised_keeps_only_states_before_the_first_wrong_commit():
+    # Greedy confidence commits a wrong (0.95-confident) position at the first step,
+    # so each row contributes that first step only.
+    policy = LearnedPolicy(confidence_like_mlp())
+    features, hidden, right, eligible = _clean_states(
+        policy, OrderToy(), toy_canvas(5), toy_answers(5), explore=None, seed=0, batch=2, infill=True,
+        generate_kwargs=dict(steps=W, mask_id=MASK))
+    assert features.shape[:2] == (5, W) and hidden is None
+    assert eligible.all()  # the first step: everything masked
+    assert right[:, 0].all() and not right[:, 1:].any()  # only position 0 proposes its answer
+
+
+def test_supervised_learns_the_toy_task():
+    torch.manual_seed(0)
+    policy = LearnedPolicy(confidence_like_mlp())
+    before = greedy_reward(policy)
+    assert before <= 0.5
+    history = supervised(policy, OrderToy(), toy_canvas(8), toy_answers(8), rounds=2, epochs=20, batch_size=16,
+                         lr=3e-2, explore=1.0, seed=0, infill=True, steps=W, mask_id=MASK)
+    assert [h["round"] for h in history] == [0] * 20 + [1] * 20
+    assert history[-1]["states"] > history[0]["states"]  # the second round adds its own rollouts
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"], (history[0], history[-1])
+    after = greedy_reward(policy)
+    assert after >= 0.9, (before, after)
+
+
+def test_supervised_errors_name_the_argument():
+    policy = LearnedPolicy(MLPScorer())
+    with pytest.raises(ValueError, match="targets"):
+        supervised(policy, OrderToy(), toy_canvas(3), toy_answers(2), infill=True, steps=W, mask_id=MASK)
+    with pytest.raises(ValueError, match="targets have 5 columns"):
+        supervised(policy, OrderToy(), toy_canvas(3), toy_answers(3)[:, :5], rounds=1, epochs=1, infill=True,
+                   steps=W, mask_id=MASK)
+    with pytest.raises(ValueError, match="topk"):
+        supervised(LearnedPolicy(MLPScorer(), selection="threshold"), OrderToy(), toy_canvas(3), toy_answers(3))
 
 
 def test_trainer_errors_name_the_argument():

@@ -11,11 +11,17 @@ blanks plus 1 when the whole grid is solved. Rollouts run through
 (Plackett-Luce sampling of the positions); the trained policy then decodes
 greedily (top-k of its scores under the same schedule).
 
-``--init`` chooses a supervised warm start before the reinforcement learning
-(a few dozen updates on features of exploring rollouts): ``confidence`` fits
-the scores to the LowConfidence ranking (start from the heuristic);
-``correct`` fits them to "the proposed digit is right" (the reward's own
-information, as a context-aware confidence); ``random`` skips it.
+``--init`` chooses a supervised warm start before the reinforcement learning:
+``confidence`` fits the scores to the LowConfidence ranking (start from the
+heuristic, a few dozen updates); ``correct`` runs
+:func:`dmkernels.train.supervised` (``--sup-rounds`` rounds of on-policy
+rollouts, learning "the proposed digit is the solution's" on the states where
+every commit so far was right); ``random`` skips it. ``--trainer none`` stops
+after the warm start.
+
+Model selection uses a development set with its own seed (``DEV_SEED``), never
+the held-out puzzles: with ``--dev-every N`` the run keeps the scorer with the
+best development solve rate among the warm start and every N-th iteration.
 """
 from __future__ import annotations
 
@@ -32,9 +38,10 @@ from dmkernels import policies as P
 from dmkernels.bench.quality import NoMaskProposals, evaluate
 from dmkernels.learned import FEATURES, LearnedPolicy, MLPScorer, TransformerScorer
 from dmkernels.tasks import sudoku
-from dmkernels.train import grpo, rloo, rollout
+from dmkernels.train import grpo, rloo, rollout, supervised
 
 TRAIN_SEED = 4242  # the training puzzle stream (held-out: sudoku.HELDOUT_SEED)
+DEV_SEED = 7777  # development puzzles, for model selection
 
 
 def training_set(n_base: int, copies: int, seed: int):
@@ -47,11 +54,10 @@ def training_set(n_base: int, copies: int, seed: int):
     return puzzles, solutions
 
 
-def warm_start(policy, model, puzzles, solutions, steps, target, iterations=60, lr=3e-3, seed=0):
-    """Supervised start on features of exploring rollouts (4 random steps per update):
-    ``confidence``: scores regress onto 5 * confidence, so greedy top-k ranks like
-    LowConfidence; ``correct``: scores are the logit of "the proposed digit is the
-    solution's" (binary cross-entropy), a context-aware confidence."""
+def warm_start(policy, model, puzzles, solutions, steps, iterations=60, lr=3e-3, seed=0):
+    """Start from the heuristic: on features of exploring rollouts (4 random steps
+    per update), the scores regress onto 5 * confidence, so that greedy top-k ranks
+    like LowConfidence."""
     opt = torch.optim.AdamW(policy.scorer.parameters(), lr=lr)
     conf = FEATURES.index("confidence")
     g = torch.Generator().manual_seed(seed)
@@ -61,17 +67,12 @@ def warm_start(policy, model, puzzles, solutions, steps, target, iterations=60, 
             pick = torch.randperm(puzzles.shape[0], generator=g)[:32]
             _, traj = rollout(policy, model, puzzles[pick], seed=it, explore=3.0, infill=True, steps=steps,
                               mask_id=sudoku.MASK_TOKEN)
-            answer = solutions[pick]
         loss = 0.0
         for t in torch.randperm(len(traj), generator=g)[:4].tolist():
             f, e = traj.features[t], traj.eligible[t].float()
             h = traj.hidden[t]
             s = policy.scorer(f) if h is None else policy.scorer(f, h)
-            if target == "confidence":
-                per = (s - 5 * f[..., conf]) ** 2
-            else:
-                right = (traj.tokens[t] == answer).float()
-                per = torch.nn.functional.binary_cross_entropy_with_logits(s, right, reduction="none")
+            per = (s - 5 * f[..., conf]) ** 2
             loss = loss + (per * e).sum() / e.sum().clamp_min(1)
         loss = loss / 4
         opt.zero_grad()
@@ -83,7 +84,7 @@ def warm_start(policy, model, puzzles, solutions, steps, target, iterations=60, 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scorer", choices=("mlp", "transformer"), default="transformer")
-    ap.add_argument("--trainer", choices=("grpo", "rloo"), default="grpo")
+    ap.add_argument("--trainer", choices=("grpo", "rloo", "none"), default="grpo")
     ap.add_argument("--steps", type=int, default=20, help="model calls per puzzle during training")
     ap.add_argument("--iterations", type=int, default=150)
     ap.add_argument("--prompts", type=int, default=16, help="puzzles per iteration")
@@ -92,6 +93,14 @@ def main(argv=None):
     ap.add_argument("--explore", type=float, default=1.0)
     ap.add_argument("--init", choices=("random", "confidence", "correct"), default="confidence")
     ap.add_argument("--warm-iterations", type=int, default=60)
+    ap.add_argument("--sup-rounds", type=int, default=2, help="--init correct: rollout rounds")
+    ap.add_argument("--sup-epochs", type=int, default=10, help="--init correct: epochs per round")
+    ap.add_argument("--sup-explore", type=float, default=0.5, help="--init correct: rollout exploration")
+    ap.add_argument("--copies", type=int, default=10, help="random symmetries of each training puzzle")
+    ap.add_argument("--dev-puzzles", type=int, default=0, help="development puzzles for model selection")
+    ap.add_argument("--dev-every", type=int, default=20)
+    ap.add_argument("--hidden-features", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--inner-epochs", type=int, default=1)
     ap.add_argument("--hidden", action="store_true", help="the scorer also reads the denoiser's last hidden state")
@@ -102,7 +111,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.time()
     if args.denoiser.endswith(".safetensors"):
@@ -110,8 +119,8 @@ def main(argv=None):
     else:
         denoiser = sudoku.load_denoiser(args.denoiser)
     model = NoMaskProposals(denoiser, sudoku.MASK_TOKEN)
-    puzzles, solutions = training_set(args.base_puzzles, 10, args.seed)
-    hidden = dict(hidden_size=denoiser.config.hidden_size) if args.hidden else {}
+    puzzles, solutions = training_set(args.base_puzzles, args.copies, args.seed)
+    hidden = dict(hidden_size=denoiser.config.hidden_size, hidden_features=args.hidden_features) if args.hidden else {}
     if args.scorer == "transformer":
         scorer = TransformerScorer(d_model=args.d_model, ff=4 * args.d_model, max_positions=sudoku.NUM_CELLS,
                                    **hidden)
@@ -119,22 +128,47 @@ def main(argv=None):
         scorer = MLPScorer(**hidden)
     policy = LearnedPolicy(scorer)
     if args.init != "random":
-        loss = warm_start(policy, model, puzzles, solutions, args.steps, args.init, args.warm_iterations,
-                          seed=args.seed)
-        print(f"warm start ({args.init}): loss {loss:.4f}, {time.time() - t0:.0f} s", flush=True)
+        # "correct" starts its first rollouts from the heuristic too: a random scorer
+        # errs at once, leaving few right-so-far states to learn from.
+        loss = warm_start(policy, model, puzzles, solutions, args.steps, args.warm_iterations, seed=args.seed)
+        print(f"warm start (confidence): loss {loss:.4f}, {time.time() - t0:.0f} s", flush=True)
+    if args.init == "correct":
+        def sup_log(rec):
+            print(f"supervised round {rec['round']} epoch {rec['epoch']}: {rec['states']} states, "
+                  f"loss {rec['loss']:.4f} ({time.time() - t0:.0f} s)", flush=True)
+        sup = supervised(policy, model, puzzles, solutions, rounds=args.sup_rounds, epochs=args.sup_epochs,
+                         explore=args.sup_explore, seed=args.seed, infill=True, steps=args.steps,
+                         mask_id=sudoku.MASK_TOKEN, log=sup_log)
 
     held_p, held_s = sudoku.heldout_puzzles(args.eval_puzzles)
 
     def report(tag):
         policy.scorer.eval()
         r = evaluate(model.model, held_p, held_s, policy, args.steps)
+        r.pop("solved")
         policy.scorer.train()
         print(f"{tag}: held-out solved {100 * r['solve_rate']:.1f}%  cells {100 * r['cell_accuracy']:.1f}%  "
               f"({time.time() - t0:.0f} s)", flush=True)
         return r
 
+    dev_p, dev_s = sudoku.generate_puzzles(args.dev_puzzles, 24, seed=DEV_SEED) if args.dev_puzzles else (None, None)
+    best = dict(dev=-1.0, state=None, iteration=None)
+
+    def select(tag, iteration):
+        if dev_p is None:
+            return
+        policy.scorer.eval()
+        r = evaluate(model.model, dev_p, dev_s, policy, args.steps)
+        policy.scorer.train()
+        print(f"{tag}: dev solved {100 * r['solve_rate']:.1f}%  cells {100 * r['cell_accuracy']:.1f}%", flush=True)
+        if r["solve_rate"] > best["dev"]:
+            best.update(dev=r["solve_rate"], iteration=iteration,
+                        state={k: v.detach().clone() for k, v in policy.scorer.state_dict().items()})
+
+    select("warm start", -1)
     before = report("before")
     ref = evaluate(model.model, held_p, held_s, P.LowConfidence(), args.steps)
+    ref.pop("solved")
     print(f"LowConfidence at {args.steps} calls: solved {100 * ref['solve_rate']:.1f}%", flush=True)
 
     def reward(sequences, index):
@@ -143,6 +177,8 @@ def main(argv=None):
         return acc + sudoku.solved(sequences, puzzles[idx]).float()
 
     def log(rec):
+        if dev_p is not None and rec["iteration"] % args.dev_every == args.dev_every - 1:
+            select(f"iter {rec['iteration']}", rec["iteration"])
         if rec["iteration"] % 10 == 0:
             print(f"iter {rec['iteration']:4d} reward {rec['reward']:.3f} loss {rec['loss']:+.4f} "
                   f"({time.time() - t0:.0f} s)", flush=True)
@@ -150,17 +186,26 @@ def main(argv=None):
     common = dict(iterations=args.iterations, prompts_per_iteration=args.prompts, lr=args.lr,
                   explore=args.explore, seed=args.seed, infill=True, steps=args.steps, mask_id=sudoku.MASK_TOKEN,
                   log=log)
-    if args.trainer == "grpo":
+    if args.trainer == "none":
+        history = []
+    elif args.trainer == "grpo":
         history = grpo(policy, model, puzzles, reward, group_size=args.group, inner_epochs=args.inner_epochs,
                        **common)
     else:
         history = rloo(policy, model, puzzles, reward, samples=args.group, **common)
+    if best["state"] is not None:
+        policy.scorer.load_state_dict(best["state"])
+        print(f"kept the scorer of iteration {best['iteration']} (dev solved {100 * best['dev']:.1f}%)")
     after = report("after")
     policy.save(args.out)
     meta = dict(command=" ".join(sys.argv), args=vars(args), wall_seconds=round(time.time() - t0),
                 heldout_before=before, heldout_after=after, low_confidence=ref,
-                reward_first10=sum(h["reward"] for h in history[:10]) / min(10, len(history)),
-                reward_last10=sum(h["reward"] for h in history[-10:]) / min(10, len(history)))
+                kept_iteration=best["iteration"], dev_solve_rate=best["dev"] if dev_p is not None else None)
+    if history:
+        meta.update(reward_first10=sum(h["reward"] for h in history[:10]) / min(10, len(history)),
+                    reward_last10=sum(h["reward"] for h in history[-10:]) / min(10, len(history)))
+    if args.init == "correct":
+        meta.update(supervised_loss_first=sup[0]["loss"], supervised_loss_last=sup[-1]["loss"])
     Path(args.out).with_suffix(".json").write_text(json.dumps(meta, indent=1))
     print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
 
