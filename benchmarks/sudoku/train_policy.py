@@ -1,7 +1,8 @@
 """Train a learned unmasking policy for the shipped Sudoku denoiser.
 
-    python benchmarks/sudoku/train_policy.py --scorer transformer --trainer grpo --steps 20 \
-        --iterations 150 --seed 0 --out benchmarks/sudoku/checkpoints/policy_transformer_grpo.safetensors
+    python benchmarks/sudoku/train_policy.py --scorer transformer --d-model 128 --hidden --hidden-features 64 \
+        --init correct --sup-rounds 3 --sup-epochs 8 --base-puzzles 1000 --copies 3 --trainer none \
+        --dev-puzzles 500 --threads 2 --out benchmarks/sudoku/checkpoints/policy_transformer128_supervised.safetensors
 
 The denoiser (``load_denoiser("long")``) stays frozen. Training puzzles come
 from their own seeded stream (never the held-out one), multiplied by random
@@ -54,7 +55,7 @@ def training_set(n_base: int, copies: int, seed: int):
     return puzzles, solutions
 
 
-def warm_start(policy, model, puzzles, solutions, steps, iterations=60, lr=3e-3, seed=0):
+def warm_start(policy, model, puzzles, steps, iterations=60, lr=3e-3, seed=0):
     """Start from the heuristic: on features of exploring rollouts (4 random steps
     per update), the scores regress onto 5 * confidence, so that greedy top-k ranks
     like LowConfidence."""
@@ -101,6 +102,7 @@ def main(argv=None):
     ap.add_argument("--dev-every", type=int, default=20)
     ap.add_argument("--hidden-features", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume", help="start from this policy checkpoint (skips --init)")
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--inner-epochs", type=int, default=1)
     ap.add_argument("--hidden", action="store_true", help="the scorer also reads the denoiser's last hidden state")
@@ -121,17 +123,22 @@ def main(argv=None):
     model = NoMaskProposals(denoiser, sudoku.MASK_TOKEN)
     puzzles, solutions = training_set(args.base_puzzles, args.copies, args.seed)
     hidden = dict(hidden_size=denoiser.config.hidden_size, hidden_features=args.hidden_features) if args.hidden else {}
-    if args.scorer == "transformer":
-        scorer = TransformerScorer(d_model=args.d_model, ff=4 * args.d_model, max_positions=sudoku.NUM_CELLS,
-                                   **hidden)
+    if args.resume:
+        policy = LearnedPolicy.load(args.resume)
+        policy.scorer.train()
+        args.init = "resumed"
     else:
-        scorer = MLPScorer(**hidden)
-    policy = LearnedPolicy(scorer)
-    if args.init != "random":
-        # "correct" starts its first rollouts from the heuristic too: a random scorer
-        # errs at once, leaving few right-so-far states to learn from.
-        loss = warm_start(policy, model, puzzles, solutions, args.steps, args.warm_iterations, seed=args.seed)
-        print(f"warm start (confidence): loss {loss:.4f}, {time.time() - t0:.0f} s", flush=True)
+        if args.scorer == "transformer":
+            scorer = TransformerScorer(d_model=args.d_model, ff=4 * args.d_model, max_positions=sudoku.NUM_CELLS,
+                                       **hidden)
+        else:
+            scorer = MLPScorer(**hidden)
+        policy = LearnedPolicy(scorer)
+        if args.init != "random":
+            # "correct" starts its first rollouts from the heuristic too: a random scorer
+            # errs at once, leaving few right-so-far states to learn from.
+            loss = warm_start(policy, model, puzzles, args.steps, args.warm_iterations, seed=args.seed)
+            print(f"warm start (confidence): loss {loss:.4f}, {time.time() - t0:.0f} s", flush=True)
     if args.init == "correct":
         def sup_log(rec):
             print(f"supervised round {rec['round']} epoch {rec['epoch']}: {rec['states']} states, "
