@@ -233,8 +233,8 @@ def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: tor
 
     ``targets``: the answer for each prompt at the positions the policy scores:
     [N, L] for ``infill=True`` (one block over the canvas), [N, gen_length] when
-    generating in one block. Each round rolls the policy out on every prompt exploring at
-    ``explore`` (the first round from whatever the scorer is, e.g. untrained),
+    generating in one block. Each round rolls the policy out on every prompt,
+    exploring at ``explore`` (the first round from the scorer as it is),
     adds the steps whose commits were all right so far to the data set, and
     fits the scorer for ``epochs`` passes (AdamW, one-cycle learning rate).
     """
@@ -257,14 +257,15 @@ def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: tor
         features, hidden, right, eligible = data
         n = features.shape[0]
         if n == 0:
-            raise RuntimeError("dmkernels.train.supervised: no step had a right proposal to learn from")
+            raise RuntimeError("dmkernels.train.supervised: the rollouts left no step to learn from "
+                               "(no masked positions in the prompts?)")
         optimizer = torch.optim.AdamW(policy.scorer.parameters(), lr=lr, weight_decay=0.01)
         per_epoch = (n + batch_size - 1) // batch_size
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * per_epoch,
                                                        pct_start=0.1)
         for epoch in range(epochs):
             order = torch.randperm(n, generator=g).to(features.device)
-            total = 0.0
+            total = torch.zeros((), device=features.device)  # summed on the device: no sync per batch
             for lo in range(0, n, batch_size):
                 i = order[lo:lo + batch_size]
                 raw = policy.scorer(features[i]) if hidden is None else policy.scorer(features[i], hidden[i].float())
@@ -273,6 +274,6 @@ def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: tor
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                total += float(loss.detach())
-            _log(history, log, dict(round=r, epoch=epoch, states=n, loss=total / per_epoch))
+                total += loss.detach()
+            _log(history, log, dict(round=r, epoch=epoch, states=n, loss=float(total) / per_epoch))
     return history

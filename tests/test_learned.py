@@ -376,3 +376,10 @@ def test_hidden_state_policy_on_the_shipped_model_with_caches(cache):
         gen = dmkernels.generate(model, torch.randint(0, 39, (2, 4)), gen_length=8, block_length=4, steps=4,
                                  policy=policy, cache=cache, seed=0)
     assert not (gen.sequences == 40).any()
+
+
+def test_supervised_needs_masked_positions():
+    done = torch.zeros(2, W, dtype=torch.int64)  # nothing to fill: no step to learn from
+    with pytest.raises(RuntimeError, match="no step to learn from"):
+        supervised(LearnedPolicy(MLPScorer()), OrderToy(), done, toy_answers(2), rounds=1, epochs=1, infill=True,
+                   steps=W, mask_id=MASK)
