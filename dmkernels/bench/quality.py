@@ -199,8 +199,8 @@ def run(*, n_puzzles: int = 200, budgets=("short", "long"), quick: bool = False,
             if entry.name.startswith("Learned") and budget != "long":
                 continue
             for steps in entry.steps or (None,):
-                r = evaluate(model, puzzles, solutions, entry.make(), steps)
-                r.update(policy=entry.name, denoiser=budget, givens=24)
+                r = dict(policy=entry.name, denoiser=budget, givens=24,
+                         **evaluate(model, puzzles, solutions, entry.make(), steps))
                 records.append(r)
                 log(f"{budget:>5}  {entry.name:<34} steps {str(steps or '-'):>4}  calls {r['model_calls']:5.1f}  "
                     f"solved {100 * r['solve_rate']:5.1f}%  cells {100 * r['cell_accuracy']:5.1f}%  "
