@@ -164,9 +164,12 @@ def main(argv=None):
     def select(tag, iteration):
         if dev_p is None:
             return
+        # Called from inside the trainer's loop, where the policy explores: evaluate it greedy.
+        saved, policy.explore = policy.explore, None
         policy.scorer.eval()
         r = evaluate(model.model, dev_p, dev_s, policy, args.steps)
         policy.scorer.train()
+        policy.explore = saved
         print(f"{tag}: dev solved {100 * r['solve_rate']:.1f}%  cells {100 * r['cell_accuracy']:.1f}%", flush=True)
         if r["solve_rate"] > best["dev"]:
             best.update(dev=r["solve_rate"], iteration=iteration,
