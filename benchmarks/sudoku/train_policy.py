@@ -149,11 +149,21 @@ def main(argv=None):
 
     held_p, held_s = sudoku.heldout_puzzles(args.eval_puzzles)
 
-    def report(tag):
+    def greedy(p, s, rival=None):
+        """Solve rate and cell accuracy at --steps calls of the policy, greedy (the
+        trainers call back from inside their loop, where it explores), or of a rival."""
+        saved, policy.explore = policy.explore, None
         policy.scorer.eval()
-        r = evaluate(model.model, held_p, held_s, policy, args.steps)
+        try:
+            r = evaluate(model.model, p, s, rival or policy, args.steps)
+        finally:
+            policy.scorer.train()
+            policy.explore = saved
         r.pop("solved")
-        policy.scorer.train()
+        return r
+
+    def report(tag):
+        r = greedy(held_p, held_s)
         print(f"{tag}: held-out solved {100 * r['solve_rate']:.1f}%  cells {100 * r['cell_accuracy']:.1f}%  "
               f"({time.time() - t0:.0f} s)", flush=True)
         return r
@@ -164,12 +174,7 @@ def main(argv=None):
     def select(tag, iteration):
         if dev_p is None:
             return
-        # Called from inside the trainer's loop, where the policy explores: evaluate it greedy.
-        saved, policy.explore = policy.explore, None
-        policy.scorer.eval()
-        r = evaluate(model.model, dev_p, dev_s, policy, args.steps)
-        policy.scorer.train()
-        policy.explore = saved
+        r = greedy(dev_p, dev_s)
         print(f"{tag}: dev solved {100 * r['solve_rate']:.1f}%  cells {100 * r['cell_accuracy']:.1f}%", flush=True)
         if r["solve_rate"] > best["dev"]:
             best.update(dev=r["solve_rate"], iteration=iteration,
@@ -177,8 +182,7 @@ def main(argv=None):
 
     select("warm start", -1)
     before = report("before")
-    ref = evaluate(model.model, held_p, held_s, P.LowConfidence(), args.steps)
-    ref.pop("solved")
+    ref = greedy(held_p, held_s, P.LowConfidence())
     print(f"LowConfidence at {args.steps} calls: solved {100 * ref['solve_rate']:.1f}%", flush=True)
 
     def reward(sequences, index):
@@ -187,7 +191,7 @@ def main(argv=None):
         return acc + sudoku.solved(sequences, puzzles[idx]).float()
 
     def log(rec):
-        if dev_p is not None and rec["iteration"] % args.dev_every == args.dev_every - 1:
+        if rec["iteration"] % args.dev_every == args.dev_every - 1:
             select(f"iter {rec['iteration']}", rec["iteration"])
         if rec["iteration"] % 10 == 0:
             print(f"iter {rec['iteration']:4d} reward {rec['reward']:.3f} loss {rec['loss']:+.4f} "
