@@ -51,13 +51,12 @@ batches. Cached keys keep the positions they were computed with.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput
 
 from .config import DiffusionLMConfig
 
@@ -72,16 +71,36 @@ KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
 @dataclass
-class DiffusionLMOutput(ModelOutput):
+class DiffusionLMOutput:
     """``logits`` ``[B, W, V]`` in the model's dtype (float32 by default);
     ``past_key_values``: with ``use_cache=True`` a tuple over layers of
     ``(k, v)``, each ``[B, num_heads, L_total, head_dim]``, else None;
     ``hidden_states``: with ``output_hidden_states=True`` the input embeddings
-    and every layer's output (the last after the final norm), each ``[B, W, hidden]``."""
+    and every layer's output (the last after the final norm), each ``[B, W, hidden]``.
+
+    A plain dataclass, not a ``transformers`` ``ModelOutput``: how that class
+    treats its keyword arguments changes between releases (5.24 renames
+    ``past_key_values`` to ``cache``). It keeps the parts of ``ModelOutput``'s
+    interface callers use: attributes, ``out["logits"]``, ``out[0]`` and
+    ``to_tuple()`` over the fields that are not None.
+    """
 
     logits: torch.Tensor | None = None
     past_key_values: KVCache | None = None
     hidden_states: tuple | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v for v in (self.logits, self.past_key_values, self.hidden_states) if v is not None)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
 
 
 class RMSNorm(nn.Module):
@@ -342,6 +361,5 @@ class DiffusionLM(PreTrainedModel):
 
         pkv = tuple(presents) if use_cache else None
         hs = tuple(hidden) if output_hidden_states else None
-        if return_dict is False:
-            return tuple(v for v in (logits, pkv, hs) if v is not None)
-        return DiffusionLMOutput(logits=logits, past_key_values=pkv, hidden_states=hs)
+        out = DiffusionLMOutput(logits=logits, past_key_values=pkv, hidden_states=hs)
+        return out.to_tuple() if return_dict is False else out
