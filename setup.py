@@ -49,7 +49,14 @@ def _extensions():
     if _flag("DMKERNELS_NO_EXTENSION"):
         print("dmkernels: DMKERNELS_NO_EXTENSION=1, building no compiled code")
         return [], {}
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(
+            "dmkernels: PyTorch is not importable. Install it first (pip install torch), then build\n"
+            "without build isolation: pip install --no-build-isolation .\n"
+            "(or set DMKERNELS_NO_EXTENSION=1 to build without compiled kernels)"
+        ) from None
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
@@ -81,9 +88,24 @@ setup(
     version="0.1.0",
     description="Fused sampling ops and schedulers for masked diffusion language models",
     packages=find_packages(include=["dmkernels", "dmkernels.*"]),
+    # The shipped Sudoku denoisers and learned policies (dmkernels.tasks.sudoku.checkpoint_dir()).
+    package_data={"dmkernels.tasks": ["checkpoints/*.json", "checkpoints/*.safetensors"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "transformers", "tqdm"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "numpy", "ninja"]},
+    # Tested ranges (README, "Versions"): the lower bounds are the oldest versions
+    # the suite passed on, the upper bounds the next major versions. Exact tested
+    # versions are pinned in constraints.txt.
+    install_requires=[
+        "torch>=2.13,<3",
+        "transformers>=5.0,<6",
+        "numpy>=1.26,<3",
+        "safetensors>=0.4.3,<1",
+        "tqdm>=4.60,<5",
+    ],
+    extras_require={
+        "triton": ["triton>=3.5,<4"],
+        "bench": ["matplotlib>=3.8,<4"],
+        "test": ["pytest>=8,<10", "pytest-benchmark>=5,<6", "hypothesis>=6.100,<7", "ninja"],
+    },
 )
