@@ -1,11 +1,11 @@
 """Whole generations: the drop-in samplers (dmkernels.compat) against their eager
-counterparts (tests/eager/), one group per case, ours and the eager side by side.
+counterparts (dmkernels.bench.eager), one group per case, ours and the eager side by side.
 Each side asserts that its canvas is token for token the other side's.
 
 By default the small cases run (``tiny_config(vocab_size=4096)``, gen_length 32 in
 two blocks: a few seconds in all); ``--run-large`` adds the reported shapes
 (LLaDA vocabulary, gen_length 256, block_length 32; the eager Fast-dLLM samplers
-take minutes there). Skipped where tests/eager/ is not next to the package."""
+take minutes there)."""
 import pytest
 
 from dmkernels.bench import e2e
@@ -15,10 +15,6 @@ CASES = e2e.all_e2e_cases()
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: c.name)
 def case(request, bench_device):
-    try:
-        e2e.eager_modules()
-    except e2e.EagerUnavailable as error:
-        pytest.skip(str(error))
     case = request.param
     case.setup(bench_device)
     yield case

@@ -1,4 +1,4 @@
-"""Self-consistency of the eager reference samplers (tests/eager/): they leave no
+"""Self-consistency of the eager reference samplers (dmkernels/bench/eager/): they leave no
 mask, keep the prompt, make the calls and commit the counts their docstrings
 say, and agree with each other where their rules coincide."""
 from __future__ import annotations
@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eager import dream as eager_dream
-from eager import fast_dllm as eager_fast
-from eager import llada as eager_llada
-from eager import policies as eager_policies
-from eager._common import linear_counts, ranked
-from eager.harness import one_thread  # noqa: F401  (fixture)
+from dmkernels.bench.eager import dream as eager_dream
+from dmkernels.bench.eager import fast_dllm as eager_fast
+from dmkernels.bench.eager import llada as eager_llada
+from dmkernels.bench.eager import policies as eager_policies
+from dmkernels.bench.eager._common import linear_counts, ranked
+from parity_harness import one_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

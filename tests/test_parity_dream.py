@@ -1,4 +1,4 @@
-"""dmkernels.compat.dream against the eager Dream reference (tests/eager/dream.py):
+"""dmkernels.compat.dream against the eager Dream reference (dmkernels/bench/eager/dream.py):
 identical tokens at temperature 0 with a ranking alg, the same distribution when
 sampling (temperature, alg 'origin', alg_temp)."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from eager import dream as eager
-from eager.harness import (
+from dmkernels.bench.eager import dream as eager
+from parity_harness import (
     assert_different_distribution,
     assert_same_distribution,
     one_thread,  # noqa: F401  (fixture)

@@ -1,12 +1,12 @@
-"""dmkernels.compat.fast_dllm against the eager Fast-dLLM reference (tests/eager/fast_dllm.py):
+"""dmkernels.compat.fast_dllm against the eager Fast-dLLM reference (dmkernels/bench/eager/fast_dllm.py):
 identical tokens and model-call counts at temperature 0, the same distribution when sampling."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from eager import fast_dllm as eager
-from eager.harness import (
+from dmkernels.bench.eager import fast_dllm as eager
+from parity_harness import (
     assert_different_distribution,
     assert_same_distribution,
     large,  # noqa: F401  (fixture)

@@ -1,4 +1,4 @@
-"""dmkernels.compat.llada.generate against the eager LLaDA reference (tests/eager/llada.py):
+"""dmkernels.compat.llada.generate against the eager LLaDA reference (dmkernels/bench/eager/llada.py):
 identical tokens at temperature 0, the same distribution when sampling."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eager import llada as eager
-from eager.harness import (
+from dmkernels.bench.eager import llada as eager
+from parity_harness import (
     assert_different_distribution,
     assert_same_distribution,
     large,  # noqa: F401  (fixture)

@@ -1,6 +1,6 @@
 """Train the Sudoku denoiser shipped with dmkernels, and sanity-check it.
 
-    python benchmarks/sudoku/train_denoiser.py --steps 2000 --name long     # train, write checkpoints/sudoku_long.*
+    python benchmarks/sudoku/train_denoiser.py --steps 2000 --name long     # train, write dmkernels/tasks/checkpoints/sudoku_long.*
     python benchmarks/sudoku/train_denoiser.py --eval short long            # greedy sanity check of committed checkpoints
 
 Model: ``dmkernels.models.DiffusionLM`` with ``dmkernels.tasks.sudoku.sudoku_config()``
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from dmkernels.models import DiffusionLM
 from dmkernels.tasks import sudoku
 
-CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+CHECKPOINTS = sudoku.checkpoint_dir()  # the shipped ones: package data
 CONFIG_FIELDS = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
     "max_position_embeddings", "rope_theta", "rms_norm_eps", "mask_token_id", "logit_std",

@@ -2,7 +2,7 @@
 
     python benchmarks/sudoku/train_policy.py --scorer transformer --d-model 128 --hidden --hidden-features 64 \
         --init correct --sup-rounds 3 --sup-epochs 8 --base-puzzles 1000 --copies 3 --trainer none \
-        --dev-puzzles 500 --threads 2 --out benchmarks/sudoku/checkpoints/policy_transformer128_supervised.safetensors
+        --dev-puzzles 500 --threads 2 --out dmkernels/tasks/checkpoints/policy_transformer128_supervised.safetensors
 
 The denoiser (``load_denoiser("long")``) stays frozen. Training puzzles come
 from their own seeded stream (never the held-out one), multiplied by random

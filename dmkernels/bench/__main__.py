@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--puzzles", type=int, help="quality: number of held-out puzzles (default 200, quick 24)")
     parser.add_argument("--out-dir", default="benchmarks/results",
                         help="quality: where sudoku_quality.json and .png go (default benchmarks/results)")
+    parser.add_argument("--no-cost", action="store_true",
+                        help="quality: skip timing a learned policy's choice at LLaDA's vocabulary "
+                             "(learned_policy_cost_cpu.json; about 40 s on one core)")
     args = parser.parse_args(argv)
     if args.job == "quality":
         from dmkernels.bench import quality

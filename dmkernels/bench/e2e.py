@@ -1,5 +1,5 @@
 """End-to-end benchmarks: the drop-in samplers of :mod:`dmkernels.compat` against
-their eager counterparts in ``tests/eager/``, on the shipped model.
+their eager counterparts in :mod:`dmkernels.bench.eager`, on the shipped model.
 
 Each case runs one whole generation with ours and with the eager sampler on the
 same model and prompt, at temperature 0, and checks that both return the same
@@ -22,90 +22,26 @@ Cases (``large`` ones are the reported shapes):
   sides simply run the shipped model).
 * Small ones for smoke tests: the same five on ``tiny_config(vocab_size=4096)``,
   a 16-token prompt, ``gen_length=32, block_length=16`` (two blocks).
-
-The eager samplers live in ``tests/eager/`` of the source tree, not in the
-package: they are imported by putting the repository root (the parent of the
-``dmkernels`` package directory) on ``sys.path`` when ``tests/eager/__init__.py``
-is there. From an installed wheel they are not, and the cases are skipped
-(:class:`EagerUnavailable` says why).
 """
 from __future__ import annotations
 
 import gc
-import importlib
-import importlib.util
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-import dmkernels
 from dmkernels.bench import measure
 from dmkernels.bench.cases import Case
 
 __all__ = [
-    "EagerUnavailable", "eager_modules", "TimedModel", "E2ECase", "SideResult",
+    "TimedModel", "E2ECase", "SideResult",
     "all_e2e_cases", "select_e2e_cases", "run_e2e_case", "run_cli",
 ]
 
 SMALL_VOCAB = 4096
-_EAGER_NAMES = ("llada", "fast_dllm", "dream")
-_eager_cache: SimpleNamespace | None = None
-
-
-class EagerUnavailable(RuntimeError):
-    """The eager counterparts (tests/eager/ of the source tree) cannot be imported."""
-
-
-def repo_root() -> Path:
-    """The parent of the ``dmkernels`` package directory (the repository root in a checkout)."""
-    return Path(dmkernels.__file__).resolve().parent.parent
-
-
-def eager_modules() -> SimpleNamespace:
-    """``tests.eager.{llada, fast_dllm, dream}`` of this checkout, as a namespace with
-    those three attributes. Raises :class:`EagerUnavailable` where there is no
-    ``tests/eager/__init__.py`` next to the package (an installed wheel)."""
-    global _eager_cache
-    if _eager_cache is not None:
-        return _eager_cache
-    root = repo_root()
-    eager_dir = root / "tests" / "eager"
-    if not (eager_dir / "__init__.py").is_file():
-        raise EagerUnavailable(
-            f"end-to-end cases skipped: the eager samplers are not here ({eager_dir}/__init__.py is missing; "
-            "they live in tests/eager/ of the source tree, not in an installed wheel). "
-            "Run from a checkout of the repository.")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    try:
-        package = importlib.import_module("tests.eager")
-        if Path(package.__file__).resolve().parent != eager_dir.resolve():
-            package = _load_by_path(eager_dir)  # another `tests` package shadows ours
-            prefix = package.__name__
-        else:
-            prefix = "tests.eager"
-        modules = {name: importlib.import_module(f"{prefix}.{name}") for name in _EAGER_NAMES}
-    except ImportError as error:
-        raise EagerUnavailable(f"end-to-end cases skipped: cannot import the eager samplers from {eager_dir}: "
-                               f"{error}") from error
-    _eager_cache = SimpleNamespace(**modules)
-    return _eager_cache
-
-
-def _load_by_path(eager_dir: Path):
-    name = "_dmkernels_eager_refs"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, eager_dir / "__init__.py",
-                                                  submodule_search_locations=[str(eager_dir)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class TimedModel:
@@ -209,9 +145,10 @@ class E2ECase(Case):
 
     # -- setup ------------------------------------------------------------------------------------
     def _build(self, device):
+        from dmkernels.bench.eager import dream, fast_dllm, llada
         from dmkernels.models import DiffusionLM, llada_like_config, tiny_config
 
-        eager = eager_modules()
+        eager = SimpleNamespace(llada=llada, fast_dllm=fast_dllm, dream=dream)
         torch.manual_seed(0)
         config = llada_like_config() if self.model_preset == "llada_like" else tiny_config(vocab_size=self.vocab)
         if config.vocab_size != self.vocab:
@@ -307,12 +244,12 @@ def _compare_tokens(ours: torch.Tensor, eager: torch.Tensor, mask_id: int) -> st
 
 
 _LABELS = {
-    "llada": ("compat.llada.generate", "tests.eager.llada.generate"),
-    "fast_dllm": ("compat.fast_dllm.generate", "tests.eager.fast_dllm.generate"),
+    "llada": ("compat.llada.generate", "bench.eager.llada.generate"),
+    "fast_dllm": ("compat.fast_dllm.generate", "bench.eager.fast_dllm.generate"),
     "fast_dllm_prefix": ("compat.fast_dllm.generate_with_prefix_cache",
-                         "tests.eager.fast_dllm.generate_with_prefix_cache"),
-    "fast_dllm_dual": ("compat.fast_dllm.generate_with_dual_cache", "tests.eager.fast_dllm.generate_with_dual_cache"),
-    "dream": ("compat.dream.diffusion_generate", "tests.eager.dream.diffusion_generate"),
+                         "bench.eager.fast_dllm.generate_with_prefix_cache"),
+    "fast_dllm_dual": ("compat.fast_dllm.generate_with_dual_cache", "bench.eager.fast_dllm.generate_with_dual_cache"),
+    "dream": ("compat.dream.diffusion_generate", "bench.eager.dream.diffusion_generate"),
 }
 
 
@@ -471,19 +408,14 @@ def _ratio(r) -> str:
     return "-" if r is None else f"{r:.1f}x"
 
 
-def run_cli(device: torch.device, *, quick: bool, name_filter: str | None, meta: dict) -> list[dict] | None:
+def run_cli(device: torch.device, *, quick: bool, name_filter: str | None, meta: dict) -> list[dict]:
     """Runs the selected end-to-end cases, printing a table; returns the records
-    (each updated with ``meta``), or None when the eager samplers are not here."""
-    try:
-        eager_modules()
-    except EagerUnavailable as error:
-        print(str(error), flush=True)
-        return None
+    (each updated with ``meta``)."""
     cases = select_e2e_cases(quick=quick, name_filter=name_filter)
     if not cases:
         return []
     print()
-    print("end to end: whole generations, drop-in (ours) vs eager counterpart (tests/eager/), temperature 0, "
+    print("end to end: whole generations, drop-in (ours) vs eager counterpart (dmkernels.bench.eager), temperature 0, "
           "same model and prompt")
     print("model s: wall time inside model calls; sampler s = total - model; tok/s = generated tokens / total; "
           "sampler x = eager / ours sampler time; s/tok x = eager / ours total time per token; "

@@ -86,7 +86,7 @@ class Oracle(P.Policy):
     def select(self, ctx):
         right = ctx.stats.token == self.solutions
         score = ctx.stats.confidence.float() + right.float() * 2.0
-        return dmkernels.select_topk(score, ctx.quota, ctx.eligible)
+        return dmkernels.select_topk(score, ctx.quota, ctx.eligible, backend=ctx.backend)
 
 
 @dataclass
@@ -272,17 +272,18 @@ def plot(records: list[dict], path: str) -> None:
 def main(args) -> int:
     n = args.puzzles or (24 if args.quick else 200)
     records = run(n_puzzles=n, quick=args.quick)
-    cost = policy_cost()
+    cost = None if args.no_cost else policy_cost()
     out_dir = args.out_dir
     os.makedirs(out_dir, exist_ok=True)
     json_path = args.json or os.path.join(out_dir, "sudoku_quality.json")
     with open(json_path, "w") as f:  # one record per line: the per-puzzle lists stay compact
         f.write("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
     print(f"wrote {json_path}")
-    cost_path = os.path.join(out_dir, "learned_policy_cost_cpu.json")
-    with open(cost_path, "w") as f:
-        json.dump(cost, f, indent=1)
-    print(f"wrote {cost_path}")
+    if cost is not None:
+        cost_path = os.path.join(out_dir, "learned_policy_cost_cpu.json")
+        with open(cost_path, "w") as f:
+            json.dump(cost, f, indent=1)
+        print(f"wrote {cost_path}")
     try:
         plot(records, os.path.join(out_dir, "sudoku_quality.png"))
         print(f"wrote {os.path.join(out_dir, 'sudoku_quality.png')}")

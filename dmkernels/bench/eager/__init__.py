@@ -8,8 +8,11 @@ token for token against them (greedy) or in distribution (sampling). Where the
 public code has a bug, the module docstring says so and the reference
 implements the documented intent instead.
 
-- :mod:`tests.eager.llada`: LLaDA ``generate``.
-- :mod:`tests.eager.fast_dllm`: Fast-dLLM ``generate`` / prefix cache / dual cache.
-- :mod:`tests.eager.dream`: Dream ``diffusion_generate``.
-- :mod:`tests.eager.policies`: EB-Sampler and dilated unmasking (DUS) on a generic blockwise loop.
+They ship in the package (not with the tests) because ``python -m
+dmkernels.bench --e2e`` times the drop-ins against them.
+
+- :mod:`dmkernels.bench.eager.llada`: LLaDA ``generate``.
+- :mod:`dmkernels.bench.eager.fast_dllm`: Fast-dLLM ``generate`` / prefix cache / dual cache.
+- :mod:`dmkernels.bench.eager.dream`: Dream ``diffusion_generate``.
+- :mod:`dmkernels.bench.eager.policies`: EB-Sampler and dilated unmasking (DUS) on a generic blockwise loop.
 """

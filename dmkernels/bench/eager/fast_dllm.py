@@ -4,7 +4,7 @@ with the ``factor`` rule of the steven202/Fast-dLLM fork (``get_transfer_index_d
 All three return ``(x, nfe)``, ``nfe`` being the number of model calls made.
 Batches of B >= 1 rows with prompts of equal length (no attention mask).
 
-The blocks and the per-step counts are LLaDA's (see :mod:`tests.eager.llada`).
+The blocks and the per-step counts are LLaDA's (see :mod:`dmkernels.bench.eager.llada`).
 One step, on the rows of a window of the canvas:
 
 - token ``x0``: argmax at T = 0, else LLaDA's float64 Gumbel-max sample;
