@@ -3,6 +3,7 @@
 // as the Python wrappers in dmkernels/ops.py (which check the same things first).
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -12,6 +13,8 @@
 #include <limits>
 #include <tuple>
 #include <optional>
+
+#include "common/noise.h"
 
 namespace dmkernels {
 
@@ -90,6 +93,9 @@ inline void check_token_stats_args(const at::Tensor& logits, double temperature,
   TORCH_CHECK(logits.numel() / V <= (int64_t{1} << 32), "dmkernels.", op, ": logits has more than 2^32 rows");
   TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0, "dmkernels.", op,
               ": temperature must be finite and >= 0, got ", temperature);
+  // Below 2^-100 the scaled noise leaves float32's normal range (common/noise.h).
+  TORCH_CHECK_VALUE(temperature == 0.0 || temperature >= kMinTemperature, "dmkernels.", op,
+                    ": temperature must be 0 or >= 2**-100 (about 7.9e-31), got ", temperature);
   TORCH_CHECK(seed >= 0, "dmkernels.", op, ": seed must be >= 0, got ", seed);
   TORCH_CHECK(offset >= 0, "dmkernels.", op, ": offset must be >= 0, got ", offset);
   if (positions.has_value()) {
@@ -183,6 +189,10 @@ inline void check_commit_args(const at::Tensor& x, const at::Tensor& token, cons
   TORCH_CHECK(mask_id >= 0, "dmkernels.commit_: mask_id must be >= 0, got ", mask_id);
   TORCH_CHECK(x.scalar_type() == at::kLong || mask_id <= std::numeric_limits<int32_t>::max(),
               "dmkernels.commit_: mask_id = ", mask_id, " does not fit x's dtype int32");
+  // Elements of x sharing memory would be written by several positions at once.
+  TORCH_CHECK_VALUE(at::has_internal_overlap(x) != at::MemOverlap::Yes,
+                    "dmkernels.commit_: x has elements that share memory (e.g. from expand()); "
+                    "pass a tensor whose elements are distinct, e.g. x.clone()");
 }
 
 // commit_'s outputs: changed [B, L] and remaining [B] (poisoned under the test flag).

@@ -6,6 +6,7 @@ torch.ops.dmkernels.* can be called without these wrappers.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -52,6 +53,36 @@ def number(op: str, name: str, value, *, minimum: float | None = None) -> float:
     return value
 
 
+#: Smallest temperature > 0 (csrc/common/noise.h kMinTemperature): below it the
+#: scaled noise of the Gumbel-max draw leaves float32's normal range.
+MIN_TEMPERATURE = 2.0**-100
+
+
+def temperature(op: str, value) -> float:
+    """0 (argmax) or a finite float >= MIN_TEMPERATURE."""
+    value = number(op, "temperature", value, minimum=0.0)
+    if 0.0 < value < MIN_TEMPERATURE:
+        fail(op, f"temperature must be 0 or >= 2**-100 (about 7.9e-31), got {value}")
+    return value
+
+
+def no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
+    """An output written in place must not have elements sharing memory (expand())."""
+    if torch._debug_has_internal_overlap(t) == 1:  # 1: overlap for sure
+        fail(op, f"{name} has elements that share memory (e.g. from expand()); "
+                 f"pass a tensor whose elements are distinct, e.g. {name}.clone()")
+
+
+def tokens_fit_int32(op: str, x: torch.Tensor, token: torch.Tensor, select: torch.Tensor) -> None:
+    """int64 tokens selected for an int32 canvas would wrap. Checked for CPU
+    tensors only, where reading them is free (the kernels write what they get)."""
+    if x.dtype == torch.int32 and token.dtype == torch.int64 and token.device.type == "cpu":
+        bad = select & (token > 2**31 - 1)
+        if bad.any():
+            b, i = (int(v) for v in bad.nonzero()[0])
+            fail(op, f"token[{b}, {i}] = {int(token[b, i])} does not fit x's dtype int32")
+
+
 def integer(op: str, name: str, value, *, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         fail(op, f"{name} must be a Python int, got {type(value).__name__}", TypeError)
@@ -59,6 +90,28 @@ def integer(op: str, name: str, value, *, minimum: int | None = None) -> int:
         fail(op, f"{name} must be >= {minimum}, got {value}")
     if value >= 2**63:
         fail(op, f"{name} must be < 2**63, got {value}")
+    return value
+
+
+def real(op: str, name: str, value, *, minimum: float | None = None, maximum: float | None = None,
+         above: bool = False) -> float:
+    """A finite real number (Python or NumPy; not bool, not str, not a tensor) in
+    [minimum, maximum], or (minimum, maximum] with ``above``. Used for the sampler's
+    and the policies' arguments, where NaN or inf would silently change the result."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        fail(op, f"{name} must be a real number, got {type(value).__name__}", TypeError)
+    value = float(value)
+    if minimum is not None and maximum is not None:
+        wanted = f" in {'(' if above else '['}{minimum:g}, {maximum:g}]"
+    elif minimum is not None:
+        wanted = f" {'>' if above else '>='} {minimum:g}"
+    else:
+        wanted = f" <= {maximum:g}" if maximum is not None else ""
+    ok = math.isfinite(value)
+    ok = ok and (minimum is None or (value > minimum if above else value >= minimum))
+    ok = ok and (maximum is None or value <= maximum)
+    if not ok:
+        fail(op, f"{name} must be a finite number{wanted}, got {value}")
     return value
 
 

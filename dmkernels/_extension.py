@@ -37,10 +37,16 @@ def has_kernel(op: str, device: torch.device) -> bool:
     (asked of the dispatcher once per op and device type)."""
     found = _has_kernel.get((op, device.type))
     if found is None:
-        key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-        found = LOADED and key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dmkernels::{op}", key)
+        found = _ask_dispatcher(op, device.type)
         _has_kernel[(op, device.type)] = found
     return found
+
+
+# torch.compile cannot trace the dispatcher query; its answer is a constant.
+@torch.compiler.assume_constant_result
+def _ask_dispatcher(op: str, device_type: str) -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return bool(LOADED and key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dmkernels::{op}", key))
 
 
 def note_fallback(op: str, device: torch.device) -> None:

@@ -98,8 +98,14 @@ def backends() -> dict[str, str]:
 def _check_token_stats(op, logits, temperature, seed, offset, positions, tempered_scores, rng):
     """Arguments shared by token_stats and token_stats_partial, checked and normalised."""
     logits = check.logits(op, logits)
-    temperature = check.number(op, "temperature", temperature, minimum=0.0)
+    temperature = check.temperature(op, temperature)
     offset = check.integer(op, "offset", offset, minimum=0)
+    if rng is None and seed is None and temperature > 0 and torch.compiler.is_compiling():
+        # .item() would be a data-dependent value the graph cannot hold: draw the
+        # seed as a tensor on the logits' device and pass it as rng (torch's RNG
+        # still governs it, though compiled code draws other values than eager).
+        drawn = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=logits.device)
+        rng = torch.cat((drawn, torch.full((1,), offset, dtype=torch.int64, device=logits.device)))
     if rng is not None:
         rng = check.tensor(op, "rng", rng)
         check.same_device(op, "rng", rng, logits, "logits")
@@ -147,9 +153,16 @@ def token_stats(
         a Gumbel-max sample ``argmax(x * float32(1/T) + g)``, with ``g`` a pure
         function of (seed, offset, row, column): the same seed gives the same
         tokens on every backend. ``row`` is the flat index over ``logits.shape[:-1]``.
+        The sum is computed scaled by a power of two (csrc/common/noise.h), so
+        finite logits whose ``x / T`` overflows float32 still sample right.
+        0 < T < 2**-100 is refused (ValueError): the scaled noise would leave
+        float32's normal range. With ``tempered_scores``, a row whose ``x / T``
+        overflows float32 has no representable distribution: token -1, NaN scores.
     seed : int, optional
         Seed of the noise (>= 0). None draws one from torch's default generator
-        (so ``torch.manual_seed`` governs it); ignored at temperature 0.
+        (so ``torch.manual_seed`` governs it); ignored at temperature 0. Under
+        ``torch.compile`` it is drawn as a tensor on the logits' device and passed
+        as ``rng`` (so the graph traces; compiled and eager draw different seeds).
     offset : int
         Noise stream offset (>= 0), e.g. the denoising step, so that steps differ.
     positions : bool Tensor [...], optional
@@ -363,7 +376,11 @@ def select_group(
     B, L = eligible.shape
     if tuple(groups.shape) not in ((L,), (B, L)):
         check.fail(op, f"groups must have shape [L] or [B, L] = {[B, L]}, got {list(groups.shape)}")
-    if isinstance(step, int) and not isinstance(step, bool):
+    if not isinstance(step, torch.Tensor):
+        # A host step must be a group index: a float, str or bool is a caller's mistake.
+        if isinstance(step, bool) or not isinstance(step, int):
+            check.fail(op, f"step must be an int >= 0 or an int tensor, got {type(step).__name__}", TypeError)
+        step = check.integer(op, "step", step, minimum=0)
         step = torch.full((), step, dtype=torch.int64, device=eligible.device)
     step = check.tensor(op, "step", step)
     check.same_device(op, "step", step, eligible, "eligible")
@@ -390,7 +407,10 @@ def commit_(
     Parameters
     ----------
     x : int64 or int32 Tensor [B, L], any strides (e.g. the current block of a canvas)
-    token : int64 or int32 Tensor [B, L]
+        but no two elements sharing memory (an expand()ed tensor is refused)
+    token : int64 or int32 Tensor [B, L]; selected tokens must fit x's dtype
+        (checked for CPU tensors; on a GPU an int64 token >= 2**31 into an int32
+        canvas is not checked and wraps)
     select : bool Tensor [B, L]
     mask_id : int
     vocab_size : int, optional
@@ -407,6 +427,7 @@ def commit_(
     if x.dim() != 2:
         check.fail(op, f"x must be 2-D [B, L], got shape {list(x.shape)}")
     check.dtype(op, "x", x, check.INDEX_DTYPES)
+    check.no_internal_overlap(op, "x", x)
     for name, t, dtypes in (("token", token, check.INDEX_DTYPES), ("select", select, (torch.bool,))):
         check.tensor(op, name, t)
         check.same_device(op, name, t, x, "x")
@@ -419,4 +440,8 @@ def commit_(
             check.fail(op, f"mask_id = {mask_id} is outside the vocabulary [0, {vocab_size})")
     if x.dtype == torch.int32 and mask_id > 2**31 - 1:
         check.fail(op, f"mask_id = {mask_id} does not fit x's dtype int32")
-    return _run(op, x.device, backend, (x, token, select, mask_id), commit_reference)
+    def reference(x, token, select, mask_id):
+        check.tokens_fit_int32(op, x, token, select)  # the CPU kernel checks the same
+        return commit_reference(x, token, select, mask_id)
+
+    return _run(op, x.device, backend, (x, token, select, mask_id), reference)

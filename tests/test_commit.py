@@ -79,3 +79,46 @@ def test_property_never_overwrites_a_committed_token(cells, rows):
     assert (x[changed] == token[changed]).all() and not (changed & ~select).any()
     assert torch.equal(remaining, (x == mask_id).sum(-1))
     assert (token[changed] >= 0).all()
+
+
+BACKENDS = ["reference", "native", pytest.param("triton", marks=pytest.mark.filterwarnings("ignore"))]
+
+
+def _triton_or_skip(backend):
+    if backend == "triton" and dmkernels.backends()["triton"] != "available":
+        pytest.skip(f"triton: {dmkernels.backends()['triton']}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_self_overlapping_canvas_is_refused_on_every_backend(backend):
+    _triton_or_skip(backend)
+    x = torch.full((1, 4), 9).expand(2, 4)  # both rows are the same memory
+    token = torch.zeros(2, 4, dtype=torch.int64)
+    select = torch.ones(2, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"dmkernels.commit_: x has elements that share memory .*x.clone\(\)"):
+        dmkernels.commit_(x, token, select, 9, backend=backend)
+    assert (x == 9).all()
+
+
+def test_compiled_op_refuses_a_self_overlapping_canvas():
+    x = torch.full((1, 4), 9).expand(2, 4)
+    with pytest.raises(ValueError, match="commit_: x has elements that share memory"):
+        torch.ops.dmkernels.commit_(x, torch.zeros(2, 4, dtype=torch.int64), torch.ones(2, 4, dtype=torch.bool), 9)
+    assert (x == 9).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int64_tokens_that_do_not_fit_an_int32_canvas_are_refused_on_the_cpu(backend):
+    _triton_or_skip(backend)
+    x = torch.full((2, 5), 3, dtype=torch.int32)
+    token = torch.tensor([[1, 2, 4, 5, 6], [7, 8, 2**31, 9, 10]])
+    select = torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"dmkernels.commit_: token\[1, 2\] = 2147483648 does not fit x's dtype int32"):
+        dmkernels.commit_(x, token, select, 3, backend=backend)
+    assert (x == 3).all()  # refused before anything was written
+    select[1, 2] = False  # an unselected token is never written: no error
+    changed, remaining = dmkernels.commit_(x, token, select, 3, backend=backend)
+    assert x[1, 2] == 3 and x[0].tolist() == [1, 2, 4, 5, 6] and remaining.tolist() == [0, 1]
+    x = torch.full((1, 2), 3, dtype=torch.int32)  # the largest int32 fits
+    dmkernels.commit_(x, torch.tensor([[2**31 - 1, 0]]), torch.ones(1, 2, dtype=torch.bool), 3, backend=backend)
+    assert x.tolist() == [[2**31 - 1, 0]]

@@ -38,3 +38,19 @@ def _cases():
 @pytest.mark.parametrize("name,args", _cases(), ids=lambda v: v if isinstance(v, str) else "")
 def test_opcheck(name, args):
     torch.library.opcheck(getattr(torch.ops.dmkernels, name).default, args)
+
+
+def _partial_cases():
+    logits = torch.randn(3, 5, 37)
+    logits[0, 0, 3] = -math.inf
+    return [
+        (logits, 0.0, 0, 0, False, None, None, 0, 0),
+        (logits.bfloat16(), 0.7, 3, 2, True, torch.rand(3, 5) < 0.5, None, 45, 7),
+        (logits[:, :, :30], 1.0, 1, 0, False, None, torch.tensor([5, 2]), 64, 0),
+        (logits.half(), 0.5, 2, 1, False, None, None, 0, 100),
+    ]
+
+
+@pytest.mark.parametrize("args", _partial_cases())
+def test_opcheck_token_stats_partial(args):
+    torch.library.opcheck(torch.ops.dmkernels.token_stats_partial.default, args)

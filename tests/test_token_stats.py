@@ -217,3 +217,85 @@ class TestRngTensor:
                 dmkernels.token_stats(logits, temperature=1.0, rng=bad)
             with pytest.raises(RuntimeError, match=f"rng.*{re.escape(word)}"):
                 torch.ops.dmkernels.token_stats(logits, 1.0, 0, 0, False, None, bad)
+
+
+# Extreme inputs, on every backend (Triton under its interpreter without a GPU).
+BACKENDS = ["reference", "native", "triton"]
+
+
+def _backend(backend):
+    if backend == "triton" and dmkernels.backends()["triton"] != "available":
+        pytest.skip(f"triton: {dmkernels.backends()['triton']}")
+    return backend
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finite_logits_whose_differences_overflow(backend):
+    # z - max overflows float32 to -inf for finite z: exp(-inf) * -inf was NaN (Triton: entropy 0).
+    logits = torch.tensor([[2e38, -2e38, 2e38], [-3e38, 3e38, 0.0]])
+    wide = torch.full((1, 300), -3e38)  # the maximum appears late: the running rescale overflows too
+    wide[0, [250, 299]] = 3e38
+    for T in (0.0, 0.7, 2.0):
+        for x, entropy in ((logits, [math.log(2), 0.0]), (wide, [math.log(2)])):
+            s = dmkernels.token_stats(x, temperature=T, seed=5, backend=_backend(backend))
+            torch.testing.assert_close(s.entropy, torch.tensor(entropy), rtol=1e-6, atol=1e-7)
+            assert_matches(s, token_stats_reference(x, temperature=T, seed=5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ["token_stats", "token_stats_partial"])
+def test_temperatures_below_the_floor_are_refused(backend, op):
+    logits = torch.tensor([[0.0, 1.0, 0.5]])
+    fn = getattr(dmkernels, op)
+    for T in (1e-40, 5e-324, 2.0**-101):  # float32(1 / T) is inf, or beyond 2**100
+        with pytest.raises(ValueError, match=rf"dmkernels.{op}: temperature must be 0 or >= 2\*\*-100"):
+            fn(logits, temperature=T, seed=1, backend=_backend(backend))
+    # The floor itself is accepted: the noise, scaled by 2**-100, cannot outweigh a gap of 0.5.
+    out = fn(logits, temperature=2.0**-100, seed=1, backend=backend)
+    if op == "token_stats":
+        assert out.token.tolist() == [1]
+
+
+def test_compiled_op_refuses_temperatures_below_the_floor():
+    with pytest.raises(ValueError, match="temperature must be 0 or >= 2\\*\\*-100"):
+        torch.ops.dmkernels.token_stats(torch.zeros(1, 3), 1e-40, 0, 0, False, None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampling_where_x_over_t_overflows(backend):
+    # x / T overflows float32 (to +inf or -inf) but the distribution softmax(x / T) is
+    # a point mass on the larger logit: every seed must draw it, on every backend.
+    for row, T in (([2e38, 3e38], 0.5), ([-3e38, -2e38], 0.5), ([3.4e38, 3.3e38, 0.0], 1e-3)):
+        logits = torch.tensor([row] * 16)
+        want = max(range(len(row)), key=row.__getitem__)
+        for seed in (0, 1, 2):
+            s = dmkernels.token_stats(logits, temperature=T, seed=seed, backend=_backend(backend))
+            assert s.token.tolist() == [want] * 16, (row, T, seed)
+            assert_matches(s, token_stats_reference(logits, temperature=T, seed=seed))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tempered_scores_that_overflow_have_no_distribution(backend):
+    # softmax(x / T) of x / T beyond float32 cannot be represented: token -1, NaN scores,
+    # the same on every backend (a row that does not overflow is unaffected).
+    logits = torch.tensor([[2e38, 3e38, 0.0], [1.0, 2.0, 0.0]])
+    s = dmkernels.token_stats(logits, temperature=0.5, seed=3, tempered_scores=True, backend=_backend(backend))
+    assert s.token[0] == -1 and all(math.isnan(getattr(s, n)[0]) for n in ("confidence", "margin", "entropy"))
+    assert_matches(s, token_stats_reference(logits, temperature=0.5, seed=3, tempered_scores=True))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T", [0.9, 0.3, 0.01, 1e-6])
+def test_scaled_perturbation_draws_the_unscaled_argmax(backend, T):
+    # y = x * c + g * s is (x * float32(1/T) + g) * 2**-e: where nothing overflows the
+    # draw is exactly the argmax of the unscaled sum, so tokens did not change.
+    from dmkernels.reference.noise import gumbel_noise
+    from dmkernels.reference.token_stats import inverse_temperature
+
+    logits = random_logits((24, 300), scale=4.0 * T)  # spreads comparable to the noise
+    rows = torch.arange(24)
+    want = torch.argmax(logits * inverse_temperature(T) + gumbel_noise(11, 2, rows, 300), dim=-1)
+    s = dmkernels.token_stats(logits, temperature=T, seed=11, offset=2, backend=_backend(backend))
+    assert torch.equal(s.token, want)

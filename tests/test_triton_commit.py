@@ -89,12 +89,29 @@ def test_no_masked_positions_is_a_no_op_and_empty_shapes():
         assert changed.shape == (B, L) and remaining.tolist() == [0] * B
 
 
-def test_int64_tokens_into_an_int32_canvas_follow_the_reference_cast():
+def test_int64_tokens_into_an_int32_canvas():
     x = torch.full((1, 6), 7, dtype=torch.int32)
     x[0, :4] = 3
-    token = torch.tensor([[2**32 + 5, 2**32 + 3, 2**40, -2**33, 11, 12]])  # wrap as token.to(int32) does
+    token = torch.tensor([[2**32 + 5, 2**32 + 3, 2**40, -2**33, 11, 12]])
     select = torch.ones(1, 6, dtype=torch.bool)
-    assert_same(*run_both(x, token, select, mask_id=3))
+    if DEVICE == "cpu":  # free to check on the host: refused before anything is written
+        xd = x.clone()
+        with pytest.raises(ValueError, match=r"commit_: token\[0, 0\] = 4294967301 does not fit x's dtype int32"):
+            commit_(xd, token, select, 3)
+        assert torch.equal(xd, x)
+        select[0, :3] = False  # unselected tokens may be anything; negative ones are skipped
+        assert_same(*run_both(x, token, select, mask_id=3))
+    else:  # not checked on a GPU (documented): wraps as token.to(int32) does
+        assert_same(*run_both(x, token, select, mask_id=3))
+
+
+def test_self_overlapping_canvas_is_refused():
+    x = torch.full((1, 4), 9, device=DEVICE).expand(2, 4)
+    token = torch.zeros(2, 4, dtype=torch.int64, device=DEVICE)
+    select = torch.ones(2, 4, dtype=torch.bool, device=DEVICE)
+    with pytest.raises(ValueError, match="commit_: x has elements that share memory"):
+        commit_(x, token, select, 9)
+    assert (x == 9).all()
 
 
 @settings(max_examples=30, deadline=None)

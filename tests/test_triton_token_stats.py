@@ -92,6 +92,22 @@ def test_large_logits_in_every_dtype(dtype):
         check(logits, temperature=temperature, seed=77, tempered_scores=tempered)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("temperature", [0.0, 0.5])
+def test_finite_logits_whose_differences_overflow(tiles, splits, temperature):
+    # 2e38 - (-2e38) is -inf in float32: within a tile, across tiles (the running
+    # rescale) and across splits (the merge). Entropy was 0 (NaN clamped), not ln 2.
+    tiles(block_v=32, splits=splits)
+    logits = torch.full((3, 96), -math.inf)
+    logits[0, :3] = torch.tensor([2e38, -2e38, 2e38])
+    logits[1, [0, 40, 90]] = torch.tensor([-2e38, 2e38, 2e38])  # the maximum grows by inf after tile 0
+    logits[2, [5, 70]] = torch.tensor([-3e38, 3e38])  # x / T overflows: still the larger one
+    ours = check(logits.to(DEVICE), temperature=temperature, seed=9)
+    torch.testing.assert_close(ours[3].cpu(), torch.tensor([math.log(2), math.log(2), 0.0]))
+    assert ours[0][2] == 70
+
+
 @pytest.mark.parametrize("splits", [3, 8])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_split_vocabulary_merge(tiles, splits, temperature):
@@ -269,6 +285,8 @@ def test_argument_errors():
         run(torch.randn(2, 4, dtype=torch.float64, device=DEVICE))
     with pytest.raises(ValueError, match="temperature"):
         run(torch.randn(2, 4, device=DEVICE), -1.0)
+    with pytest.raises(ValueError, match=r"token_stats: temperature must be 0 or >= 2\*\*-100"):
+        run(torch.randn(2, 4, device=DEVICE), 1e-40)  # float32(1 / T) would be inf
     with pytest.raises(ValueError, match="positions"):
         run(torch.randn(2, 4, device=DEVICE), positions=torch.ones(3, dtype=torch.bool, device=DEVICE))
 

@@ -12,8 +12,16 @@
 //                         key     = (seed_lo, seed_hi))[word]
 //   u     = (bits >> 9) * 2^-23 + 2^-24          exact in float32, u in (0, 1)
 //   g     = -log_f32(-log_f32(u))                  float32, log_f32 below
-//   y     = x * float32(1 / temperature) + g       two roundings, never an FMA
+//   y     = x * c + g * s                          two roundings, never an FMA
 //   token = argmax y, lowest column on ties
+//
+// with s = 2^-e, e >= 0 the least making c = float32(1 / temperature) * s <= 1
+// (key_scales below; s = 1 for T >= 1). s is a power of two, so y is exactly
+// (x * float32(1 / T) + g) * s, the same argmax, whenever that does not
+// overflow; and |x * c| <= |x| never overflows, so finite logits far beyond
+// FLT_MAX * T still sample right. Temperatures below 2^-100 are refused by
+// every backend: that keeps s, and g * s for any g != 0 (|g| >= 2^-22), in
+// float32's normal range, where no hardware flushes them.
 //
 // Every step is a fixed sequence of IEEE float32 multiplies and adds (no FMA
 // contraction: -ffp-contract=off, nvcc --fmad=false, Triton without fp fusion)
@@ -53,9 +61,22 @@ constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
 constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
 
 // Largest Gumbel value the mapping above can produce: u <= 1 - 2^-24 gives
-// -log(-log(u)) <= 16.64. A column whose x / T + kGumbelBound is below the best
-// perturbed value so far cannot win, so kernels may skip its noise.
+// -log(-log(u)) <= 16.64. A column whose x * c + kGumbelBound * s is below the
+// best perturbed value so far cannot win, so kernels may skip its noise.
 constexpr float kGumbelBound = 17.0f;
+
+// Smallest temperature > 0 that token_stats accepts (see y above).
+constexpr double kMinTemperature = 0x1p-100;
+
+// (c, s) of the perturbed value y = x * c + g * s for inv_t = float32(1 / T).
+struct KeyScales {
+  float c, s;
+};
+DMK_HOST_DEVICE KeyScales key_scales(float inv_t) {
+  float s = 1.0f;
+  while (DMK_MUL(inv_t, s) > 1.0f) s = DMK_MUL(s, 0.5f);
+  return KeyScales{DMK_MUL(inv_t, s), s};
+}
 
 struct Philox4x32 {
   uint32_t v[4];

@@ -44,6 +44,21 @@ void commit_rows(at::Tensor& x, const at::Tensor& token, const at::Tensor& selec
   });
 }
 
+// int64 tokens written into an int32 canvas would wrap. Reading them is free on
+// the CPU, so they are checked before anything is written (not on the GPU).
+void check_tokens_fit_int32(const at::Tensor& token, const at::Tensor& select) {
+  const int64_t* tp = token.const_data_ptr<int64_t>();
+  const bool* sp = select.const_data_ptr<bool>();
+  const int64_t B = token.size(0), L = token.size(1);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t tok = tp[b * token.stride(0) + i * token.stride(1)];
+      TORCH_CHECK_VALUE(!sp[b * select.stride(0) + i * select.stride(1)] || tok <= std::numeric_limits<int32_t>::max(),
+                        "dmkernels.commit_: token[", b, ", ", i, "] = ", tok, " does not fit x's dtype int32");
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> commit_cpu(at::Tensor& x, const at::Tensor& token,
                                               const at::Tensor& select, int64_t mask_id) {
   check_commit_args(x, token, select, mask_id);
@@ -52,6 +67,7 @@ std::tuple<at::Tensor, at::Tensor> commit_cpu(at::Tensor& x, const at::Tensor& t
     commit_rows<decltype(x_tag), decltype(t_tag)>(x, token, select, mask_id, changed, remaining);
   };
   const bool x64 = x.scalar_type() == at::kLong, t64 = token.scalar_type() == at::kLong;
+  if (!x64 && t64) check_tokens_fit_int32(token, select);
   if (x64 && t64) run(int64_t{}, int64_t{});
   else if (x64) run(int64_t{}, int32_t{});
   else if (t64) run(int32_t{}, int64_t{});

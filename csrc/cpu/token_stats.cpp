@@ -16,8 +16,8 @@
 // merged at the end of the row, so the inner loops have no horizontal steps.
 //
 // Sampling draws noise only for groups of 32 columns that could still win:
-// the Gumbel noise is bounded (kGumbelBound), so a group whose best x / T plus
-// that bound is below the best perturbed value so far is skipped. Peaked
+// the Gumbel noise is bounded (kGumbelBound), so a group whose best x * c plus
+// that bound times s (noise.h) is below the best perturbed value so far is skipped. Peaked
 // (real model) distributions skip most of the vocabulary; the draw is exact.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -50,6 +50,7 @@ struct Params {
   bool sample;           // temperature > 0
   bool tempered_scores;  // scores describe softmax(x / T) instead of softmax(x)
   float inv_temperature; // float32(1 / T)
+  KeyScales key_scales;  // y = x * c + g * s (noise.h)
   NoiseKey key;
 };
 
@@ -95,9 +96,9 @@ inline double hsum(const Vec& v) {
   return r;
 }
 
-// Copy n logits into dst as float (times `scale` when scaling).
+// Copy n logits into dst as float.
 template <typename T>
-inline void load_floats(const T* src, int64_t n, bool scaling, float scale, float* dst) {
+inline void load_floats(const T* src, int64_t n, float* dst) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     Vec v;
@@ -106,12 +107,10 @@ inline void load_floats(const T* src, int64_t n, bool scaling, float scale, floa
     } else {
       at::vec::load_to_float<T>(src + i, v);
     }
-    if (scaling) v = v * Vec(scale);
     v.store(dst + i);
   }
   for (; i < n; ++i) {
-    const float v = static_cast<float>(src[i]);
-    dst[i] = scaling ? v * scale : v;
+    dst[i] = static_cast<float>(src[i]);
   }
 }
 
@@ -119,11 +118,10 @@ inline void load_floats(const T* src, int64_t n, bool scaling, float scale, floa
 // (see Row below). Fills dst and pads it with -inf to a whole number of noise
 // groups: padding never wins and adds 0 to the sums. Returns the padded length.
 template <typename T>
-inline int64_t load_chunk(const T* x, int64_t lead, int64_t c0, int64_t n, bool scaling, float scale,
-                          float* dst) {
+inline int64_t load_chunk(const T* x, int64_t lead, int64_t c0, int64_t n, float* dst) {
   const int64_t front = std::clamp<int64_t>(lead - c0, 0, n);
   for (int64_t i = 0; i < front; ++i) dst[i] = kNegInf;
-  load_floats(x + (c0 + front - lead), n - front, scaling, scale, dst + front);
+  load_floats(x + (c0 + front - lead), n - front, dst + front);
   const int64_t padded = (n + kGroup - 1) / kGroup * kGroup;
   for (int64_t i = n; i < padded; ++i) dst[i] = kNegInf;
   return padded;
@@ -213,12 +211,15 @@ RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf)
 
   for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
     const int64_t n = std::min(kChunk, V - c0);
-    const int64_t padded = load_chunk(x, row.lead, c0, n, scale_scores, p.inv_temperature, buf);
+    // buf holds the raw logits: the scores scale them on the fly, the perturbed
+    // values by c (noise.h), which x / T would not survive when it overflows.
+    const int64_t padded = load_chunk(x, row.lead, c0, n, buf);
+    const Vec vinv(p.inv_temperature);
 
     // (1) per-lane top-2 and first argmax (strict > keeps the lowest column).
     Vec col = Vec(static_cast<float>(c0)) + lane_index;
     for (int64_t i = 0; i < padded; i += kLanes, col = col + Vec(static_cast<float>(kLanes))) {
-      const Vec z = Vec::loadu(buf + i);
+      const Vec z = scale_scores ? Vec::loadu(buf + i) * vinv : Vec::loadu(buf + i);
       nan_seen = nan_seen | z.isnan();
       const Vec greater = z > top1;
       top2 = at::vec::maximum(top2, at::vec::minimum(top1, z));
@@ -243,7 +244,8 @@ RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf)
     const Vec vm(m), floor_(kExpFloor);
     Vec s_acc(0.f), a_acc(0.f);
     for (int64_t i = 0; i < padded; i += kLanes) {
-      const Vec d = at::vec::maximum(Vec::loadu(buf + i) - vm, floor_);
+      const Vec z = scale_scores ? Vec::loadu(buf + i) * vinv : Vec::loadu(buf + i);
+      const Vec d = at::vec::maximum(z - vm, floor_);
       const Vec e = d.exp_u20();
       s_acc = s_acc + e;
       a_acc = a_acc + e * d;
@@ -255,20 +257,20 @@ RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf)
     if (p.sample) {
       // Slack for the rounding of y = x / T + g at large |y|.
       const float bound = best_y_bound - std::fabs(best_y_bound) * 0x1p-20f;
-      const Vec vbound(bound), vgumbel(kGumbelBound), vinv(p.inv_temperature);
+      const Vec vbound(bound), vgumbel(kGumbelBound * p.key_scales.s), vc(p.key_scales.c);
+      const Vec vs(p.key_scales.s);
       for (int64_t g = 0; g < padded; g += kGroup) {
         Vec base[kGroup / kLanes];
         Vec reach(kNegInf);
         for (int64_t j = 0; j < kGroup / kLanes; ++j) {
-          const Vec z = Vec::loadu(buf + g + j * kLanes);
-          base[j] = scale_scores ? z : z * vinv;
+          base[j] = Vec::loadu(buf + g + j * kLanes) * vc;
           reach = at::vec::maximum(reach, base[j]);
         }
         if (((reach + vgumbel) > vbound).zero_mask() == (1 << kLanes) - 1) continue;
         Vec gumbel[4];
         noise_group(p.key, row.noise_row, static_cast<uint32_t>((row.col_base + c0 + g) / kGroup), gumbel);
         for (int64_t j = 0; j < kGroup / kLanes; ++j) {
-          const Vec y = base[j] + gumbel[j];
+          const Vec y = base[j] + gumbel[j] * vs;
           const Vec greater = y > best_y;
           const Vec gcol = Vec(static_cast<float>(c0 + g + j * kLanes)) + lane_index;
           best_col = Vec::blendv(best_col, gcol, greater);
@@ -374,6 +376,7 @@ Params make_params(double temperature, bool tempered_scores, int64_t seed, int64
   p.sample = temperature > 0.0;
   p.tempered_scores = tempered_scores;
   p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
+  p.key_scales = key_scales(p.inv_temperature);
   p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
   return p;
 }

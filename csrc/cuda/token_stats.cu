@@ -66,6 +66,7 @@ at::Tensor launch_stats_tuples(const char* op, const at::Tensor& logits, double 
   p.sample = temperature > 0.0;
   p.tempered_scores = tempered_scores;
   p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
+  p.key_scales = key_scales(p.inv_temperature);
   p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
   p.rng = in.rng.defined() ? in.rng.const_data_ptr<int64_t>() : nullptr;
 

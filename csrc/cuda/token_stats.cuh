@@ -3,8 +3,8 @@
 //
 // Same derivation as csrc/cpu/token_stats.cpp: per row a running maximum m,
 // S = sum exp(z - m), A = sum exp(z - m)(z - m), the top two values with the
-// first argmax, and for sampling the best perturbed value y = x / T + g with its
-// first column. These tuples merge associatively:
+// first argmax, and for sampling the best perturbed value y = x * c + g * s
+// (noise.h: x / T + g scaled by a power of two) with its first column. These tuples merge associatively:
 //   m = max(ma, mb), S = ra Sa + rb Sb, A = ra (Aa + (ma - m) Sa) + rb (Ab + (mb - m) Sb)
 // with r = exp(m_side - m), so the vocabulary is split across blocks when there
 // are few rows (the dLLM case: a block of 32 positions times a small batch):
@@ -80,7 +80,9 @@ __device__ __forceinline__ StatsTuple combine(const StatsTuple& a, const StatsTu
     r.S = 0.f;
     r.A = 0.f;
   } else {
-    const float da = a.m - r.m, db = b.m - r.m;  // <= 0; -inf when a side is empty
+    // <= 0; clamped because the difference of two finite maxima can overflow to
+    // -inf, and exp(-inf) * (A - inf * S) would be NaN.
+    const float da = fmaxf(a.m - r.m, kExpFloor), db = fmaxf(b.m - r.m, kExpFloor);
     const float ra = a.S > 0.f ? expf(da) : 0.f, rb = b.S > 0.f ? expf(db) : 0.f;
     r.S = ra * a.S + rb * b.S;
     r.A = (a.S > 0.f ? ra * (a.A + da * a.S) : 0.f) + (b.S > 0.f ? rb * (b.A + db * b.S) : 0.f);
@@ -120,6 +122,7 @@ struct StatsParams {
   int64_t rows, V, splits, cols_per_split;  // cols_per_split is a multiple of 32
   bool sample, tempered_scores;
   float inv_temperature;
+  KeyScales key_scales;  // y = x * c + g * s (noise.h)
   NoiseKey key;
   const int64_t* rng;  // device (seed, offset) overriding `key` when set (CUDA graphs)
   // Read by the kSlice kernels only (token_stats_partial): V above counts `lead`
@@ -147,23 +150,24 @@ __global__ void __launch_bounds__(kStatsThreads)
     const NoiseKey key = p.rng != nullptr ? make_noise_key(static_cast<uint64_t>(p.rng[0]), static_cast<uint64_t>(p.rng[1]))
                                           : p.key;
     for (int64_t g0 = c_begin + 32 * static_cast<int64_t>(threadIdx.x); g0 < c_end; g0 += 32 * kStatsThreads) {
-      float z[32];
+      // Raw logits: the scores scale them by 1 / T, the perturbed values by c
+      // (noise.h), which x / T would not survive where it overflows.
+      float xv[32];
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
         const int64_t c = g0 + j;
-        float v;
         if constexpr (kSlice) {
-          v = c < c_end && c >= p.lead ? to_float(x[c - p.lead]) : -INFINITY;
+          xv[j] = c < c_end && c >= p.lead ? to_float(x[c - p.lead]) : -INFINITY;
         } else {
-          v = c < c_end ? to_float(x[c]) : -INFINITY;
+          xv[j] = c < c_end ? to_float(x[c]) : -INFINITY;
         }
-        z[j] = scale_scores ? __fmul_rn(v, p.inv_temperature) : v;
       }
+      const auto score = [&](int j) { return scale_scores ? __fmul_rn(xv[j], p.inv_temperature) : xv[j]; };
       // Top-2 and first argmax in column order; group maximum for the sums.
       float gmax = -INFINITY;
 #pragma unroll
       for (int j = 0; j < 32; ++j) {
-        const float v = z[j];
+        const float v = score(j);
         t.bad |= (v != v) | (v == INFINITY);
         if (v > t.top1) {
           t.top2 = t.top1;
@@ -177,7 +181,7 @@ __global__ void __launch_bounds__(kStatsThreads)
       const float m_new = fmaxf(t.m, gmax);
       if (m_new != -INFINITY && m_new != INFINITY && m_new == m_new) {
         if (m_new > t.m && t.S > 0.f) {
-          const float d = t.m - m_new;
+          const float d = fmaxf(t.m - m_new, kExpFloor);  // finite maxima can differ by inf
           const float r = expf(d);
           t.A = r * (t.A + d * t.S);
           t.S = r * t.S;
@@ -185,7 +189,7 @@ __global__ void __launch_bounds__(kStatsThreads)
         t.m = m_new;
 #pragma unroll
         for (int j = 0; j < 32; ++j) {
-          const float d = fmaxf(z[j] - t.m, kExpFloor);
+          const float d = fmaxf(score(j) - t.m, kExpFloor);
           const float e = expf(d);
           t.S += e;
           t.A += e * d;
@@ -195,12 +199,9 @@ __global__ void __launch_bounds__(kStatsThreads)
         // The noise is at most kGumbelBound: skip groups that cannot win.
         float reach = -INFINITY;
 #pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          const float base = scale_scores ? z[j] : __fmul_rn(z[j], p.inv_temperature);
-          reach = fmaxf(reach, base);
-        }
+        for (int j = 0; j < 32; ++j) reach = fmaxf(reach, __fmul_rn(xv[j], p.key_scales.c));
         const float bound = t.best_y - fabsf(t.best_y) * 0x1p-20f;
-        if (__fadd_rn(reach, kGumbelBound) > bound) {
+        if (__fadd_rn(reach, __fmul_rn(kGumbelBound, p.key_scales.s)) > bound) {
           // The noise of the global column and row (the same as the virtual ones without kSlice).
           const int64_t noise_g0 = kSlice ? p.col_base + g0 : g0;
           const int64_t noise_row = kSlice ? p.row_base + row : row;
@@ -211,12 +212,12 @@ __global__ void __launch_bounds__(kStatsThreads)
 #pragma unroll
             for (int word = 0; word < 4; ++word) {
               const int j = word * 8 + b;  // column offset inside the group (noise.h layout)
-              const float base = scale_scores ? z[j] : __fmul_rn(z[j], p.inv_temperature);
-              const float y = __fadd_rn(base, gumbel_from_bits(w.v[word]));
+              const float base = __fmul_rn(xv[j], p.key_scales.c);
+              const float y = __fadd_rn(base, __fmul_rn(gumbel_from_bits(w.v[word]), p.key_scales.s));
               if (y > t.best_y || (y == t.best_y && g0 + j < t.best_col)) {
                 t.best_y = y;
                 t.best_col = g0 + j;
-                t.best_score = z[j];
+                t.best_score = score(j);
               }
             }
           }

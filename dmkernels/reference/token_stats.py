@@ -31,9 +31,24 @@ class TokenStats(NamedTuple):
     entropy: torch.Tensor
 
 
+#: Smallest temperature > 0 the ops accept (csrc/common/noise.h kMinTemperature).
+MIN_TEMPERATURE = 2.0**-100
+
+
 def inverse_temperature(temperature: float) -> float:
     """float32(1 / T) as a Python float: the one scale every backend applies."""
     return float(torch.tensor(1.0 / temperature, dtype=torch.float32))
+
+
+def key_scales(temperature: float) -> tuple[float, float]:
+    """(c, s) of the perturbed value ``y = x * c + g * s`` (csrc/common/noise.h):
+    s = 2**-e, e >= 0 the least making c = float32(1/T) * s <= 1, so x * c never
+    overflows and y is exactly (x / T + g) * s whenever that does not."""
+    inv_t = inverse_temperature(temperature)
+    s = 1.0
+    while inv_t * s > 1.0:  # exact: powers of two in float32's normal range
+        s *= 0.5
+    return inv_t * s, s
 
 
 def token_stats_reference(
@@ -54,7 +69,8 @@ def token_stats_reference(
     scores = x * inv_t if (sample and tempered_scores) else x
     if sample:
         rows = torch.arange(R, device=x.device)
-        token = torch.argmax(x * inv_t + gumbel_noise(seed, offset, rows, V), dim=-1)
+        c, s = key_scales(temperature)
+        token = torch.argmax(x * c + gumbel_noise(seed, offset, rows, V) * s, dim=-1)
     else:
         token = torch.argmax(x, dim=-1)
 
@@ -65,9 +81,10 @@ def token_stats_reference(
     margin = top[:, 0] - (top[:, 1] if V > 1 else 0.0)
     entropy = torch.special.entr(p).sum(-1)
 
-    # No distribution: a NaN or +inf logit, or nothing but -inf.
+    # No distribution: a NaN or +inf logit, or nothing but -inf; with tempered
+    # scores also x / T overflowing float32 (no kernel can represent its softmax).
     row_max = x.max(dim=-1).values if R else x.new_zeros(0)
-    invalid = torch.isnan(x).any(-1) | ~torch.isfinite(row_max)
+    invalid = torch.isnan(x).any(-1) | ~torch.isfinite(row_max) | (scores == float("inf")).any(-1)
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=x.device)
     token = torch.where(invalid, -1, token)
     confidence, margin, entropy = (torch.where(invalid, nan, v) for v in (confidence, margin, entropy))

@@ -10,11 +10,13 @@ exactly what ``token_stats`` gives on the whole row:
   2 ENT     A = sum exp(z - m) (z - m)
   3 SECOND  second-largest z, counted with multiplicity (two equal maxima: SECOND = m)
   4 KEY     what the token maximises: the largest x at T = 0, else the largest
-            perturbed value x * float32(1/T) + g with g the noise of the GLOBAL
-            column, so the draw does not depend on how the vocabulary is cut
+            perturbed value x * c + g * s (csrc/common/noise.h) with g the noise
+            of the GLOBAL column, so the draw does not depend on how the
+            vocabulary is cut
   5 TOKEN   global column of KEY (the lowest on ties), as a float (exact below 2^24)
   6 TOKEN_SCORE  z of that column
-  7 INVALID 1 if the slice holds a NaN or a +inf logit, else 0
+  7 INVALID 1 if the slice holds a NaN or a +inf logit (or a +inf tempered
+            score: x / T overflowing float32), else 0
 
 An all -inf slice, and a row that ``positions`` leaves out, is the empty slice
 (-inf, 0, 0, -inf, -inf, -1, -inf, 0). An invalid slice is
@@ -31,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from .noise import gumbel_noise
-from .token_stats import TokenStats, inverse_temperature
+from .token_stats import TokenStats, inverse_temperature, key_scales
 
 MAX, SUM, ENT, SECOND, KEY, TOKEN, TOKEN_SCORE, INVALID = range(8)
 NUM_FIELDS = 8
@@ -78,7 +80,8 @@ def token_stats_partial_reference(
     if sample:
         rows = torch.arange(R, device=x.device) + row_offset
         g = gumbel_noise(seed, offset, rows, vocab_start + V)[:, vocab_start:]
-        y = x * inv_t + g
+        c, s = key_scales(temperature)
+        y = x * c + g * s
     else:
         y = x
     key, col = y.max(-1)  # torch.max returns the first maximal index
@@ -93,7 +96,7 @@ def token_stats_partial_reference(
     out[:, TOKEN] = torch.where(has_key, (col + vocab_start).to(torch.float32), -1.0)
     out[:, TOKEN_SCORE] = torch.where(has_key, token_score, float("-inf"))
 
-    invalid = torch.isnan(x).any(-1) | (x == float("inf")).any(-1)
+    invalid = torch.isnan(x).any(-1) | (z == float("inf")).any(-1)
     nan = float("nan")
     bad = torch.tensor([nan, nan, nan, nan, nan, -1.0, nan, 1.0], dtype=torch.float32, device=x.device)
     out = torch.where(invalid[:, None], bad, out)

@@ -51,6 +51,7 @@ def commit_(
     if x.dim() != 2:
         check.fail(op, f"x must be 2-D [B, L], got shape {list(x.shape)}")
     check.dtype(op, "x", x, check.INDEX_DTYPES)
+    check.no_internal_overlap(op, "x", x)
     for name, t, dtypes in (("token", token, check.INDEX_DTYPES), ("select", select, (torch.bool,))):
         check.same_device(op, name, t, x, "x")
         check.dtype(op, name, t, dtypes)
@@ -58,6 +59,7 @@ def commit_(
     mask_id = check.integer(op, "mask_id", mask_id, minimum=0)
     if x.dtype == torch.int32 and mask_id > 2**31 - 1:
         check.fail(op, f"mask_id = {mask_id} does not fit x's dtype int32")
+    check.tokens_fit_int32(op, x, token, select)  # CPU tensors (the interpreter) only: free there
     B, L = x.shape
     changed = torch.empty((B, L), dtype=torch.bool, device=x.device)
     remaining = torch.empty((B,), dtype=torch.int64, device=x.device)

@@ -4,8 +4,9 @@ The same op as ``torch.ops.dmkernels.token_stats`` (csrc/ops.cpp, semantics in
 dmkernels/reference/token_stats.py): one pass over the vocabulary of each row
 keeps the running maximum m, ``S = sum exp(z - m)``, ``A = sum exp(z - m)(z - m)``
 (rescaled when m grows), the top value with its first column, the second value,
-and when sampling the best perturbed value ``x * float32(1/T) + g`` with its first
-column (g: the shared noise of csrc/common/noise.h, dmkernels/triton/noise.py).
+and when sampling the best perturbed value ``x * c + g * s`` with its first column
+(g: the shared noise of csrc/common/noise.h, dmkernels/triton/noise.py; c and s
+scale x / T + g by a power of two so that it never overflows).
 Then ``p(top) = 1 / S``, ``entropy = log S - A / S``,
 ``margin = (1 - exp(top2 - m)) / S`` (derivation in csrc/cpu/token_stats.cpp).
 
@@ -55,12 +56,14 @@ import triton
 import triton.language as tl
 
 from .. import _checks as check
-from ..reference.token_stats import inverse_temperature
+from ..reference.token_stats import inverse_temperature, key_scales
 from .noise import GUMBEL_BOUND, gumbel, noise_bits_tile, split_u64
 
 _OP = "token_stats"
 # Partial tuple fields, stored as float32 (columns < 2^24 are exact).
 _FIELDS = 8  # m, S, A, top1 column, top2, best y, best column, NaN seen
+# Floor of exp's argument in the sums: exp(-128) is 0 in float32.
+EXP_FLOOR: tl.constexpr = tl.constexpr(-128.0)
 # Tests may force the tile width (a power of two >= 32) and the number of
 # vocabulary splits (None: chosen from V and the row count).
 BLOCK_V_OVERRIDE: Optional[int] = None
@@ -179,7 +182,7 @@ def _write_partial(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, 
 def _token_stats_kernel(
     x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, rng_ptr, out_ptr,
     n_parts, V, chunk, size1, size2, size3, stride0, stride1, stride2, stride3,
-    inv_t, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
+    inv_t, key_c, key_s, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
     SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, HAS_POS: tl.constexpr, USE_ROWOFF: tl.constexpr,
     HAS_RNG: tl.constexpr, FINAL: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
@@ -238,13 +241,16 @@ def _token_stats_kernel(
         top2 = tl.where(grows, tl.maximum(m, tsecond), tl.maximum(top2, tmax))
         top1_col = tl.where(grows, col0 + tidx, top1_col)
         # Exp sums against the new maximum. -inf entries add exactly 0; a NaN entry
-        # makes S NaN (how a NaN row is detected: no extra reduction).
+        # makes S NaN (how a NaN row is detected: no extra reduction). Differences
+        # of finite values can overflow to -inf (2e38 - -2e38): clamped to
+        # EXP_FLOOR, where exp is already 0, so that 0 * -inf adds no NaN.
         m_new = tl.maximum(m, tmax)
         had = m > NEG_INF
-        shift = tl.where(had, m - m_new, 0.0)
+        shift = tl.where(had, tl.maximum(m - m_new, EXP_FLOOR), 0.0)
         r = tl.where(had, tl.exp(shift), 0.0)
         neg_inf = z == NEG_INF
-        d = tl.where(neg_inf, 0.0, z - m_new)
+        d = z - m_new
+        d = tl.where(neg_inf, 0.0, tl.where(d < EXP_FLOOR, EXP_FLOOR, d))  # NaN stays NaN
         e = tl.where(neg_inf, 0.0, tl.exp(d))
         sums = tl.sum(tl.join(e, e * d), axis=0)  # one reduction for both sums
         tile_S, tile_A = tl.split(sums)
@@ -254,23 +260,20 @@ def _token_stats_kernel(
         if SAMPLE:
             # Noise only where a column could still win: g <= GUMBEL_BOUND (noise.h),
             # with slack for the rounding of y at large |y|; later columns lose ties.
-            # max(x) * inv_t == max(x * inv_t): rounding is monotonic.
+            # max(x) * c == max(x * c): rounding is monotonic.
             if TEMPERED:
-                reach = tmax
+                reach = tl.max(x, axis=0) * key_c
             else:
-                reach = tmax * inv_t
+                reach = tmax * key_c
             bound = best_y - tl.abs(best_y) * 9.5367431640625e-07
-            if reach + GUMBEL_BOUND > bound:
-                if TEMPERED:
-                    zs = z
-                else:
-                    zs = x * inv_t
+            if reach + GUMBEL_BOUND * key_s > bound:
+                zs = x * key_c
                 if PARTIAL:  # the noise of the global column and row
                     bits = noise_bits_tile(group_base + col0 // 32, G, row + row_base, seed_lo, seed_hi,
                                            offset_lo, offset_hi)
                 else:
                     bits = noise_bits_tile(col0 // 32, G, row, seed_lo, seed_hi, offset_lo, offset_hi)
-                y = zs + tl.reshape(gumbel(bits), [BLOCK_V])
+                y = zs + tl.reshape(gumbel(bits), [BLOCK_V]) * key_s
                 ty, yidx = tl.max(y, axis=0, return_indices=True, return_indices_tie_break_left=True)
                 better = ty > best_y
                 best_col = tl.where(better, col0 + yidx, best_col)
@@ -323,7 +326,7 @@ def _merge_kernel(
 
     M = tl.max(m_k, axis=0)
     live = m_k > float("-inf")  # all -inf slices have S = A = 0: leave them out
-    shift = tl.where(live, m_k - M, 0.0)
+    shift = tl.where(live, tl.maximum(m_k - M, EXP_FLOOR), 0.0)  # finite maxima can differ by inf
     r = tl.where(live, tl.exp(shift), 0.0)
     S = tl.sum(r * S_k, axis=0)
     A = tl.sum(tl.where(live, r * (A_k + shift * S_k), 0.0), axis=0)
@@ -393,7 +396,7 @@ def _check_args(op, logits, temperature, seed, offset, positions, rng):
     """token_stats' argument checks (shared by token_stats_partial); returns
     (logits, temperature, seed, offset, rng) normalised."""
     logits = check.logits(op, logits)
-    temperature = check.number(op, "temperature", temperature, minimum=0.0)
+    temperature = check.temperature(op, temperature)
     seed = check.integer(op, "seed", seed, minimum=0)
     offset = check.integer(op, "offset", offset, minimum=0)
     lead = logits.shape[:-1]
@@ -440,6 +443,7 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
         group_base = vocab_start // 32
     sample = temperature > 0.0
     inv_t = inverse_temperature(temperature) if sample else 1.0
+    key_c, key_s = key_scales(temperature) if sample else (1.0, 1.0)
     seed_lo, seed_hi = split_u64(seed)
     offset_lo, offset_hi = split_u64(offset)
     pos = positions.reshape(-1) if positions is not None else placeholder  # tiny: [rows] bools
@@ -468,7 +472,7 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
     with _on_device(logits.device):
         _token_stats_kernel[(rows, splits)](
             logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr, out,
-            n_parts, Vv, chunk, *layout, inv_t, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
+            n_parts, Vv, chunk, *layout, inv_t, key_c, key_s, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
             HAS_RNG=rng is not None, FINAL=splits == 1, BLOCK_V=BLOCK_V, num_warps=num_warps,
             enable_fp_fusion=False, **flags,
         )
