@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import _checkpoint
+from . import _checks as check
 from . import ops
 from .policies import Policy, StepContext
 
@@ -145,6 +147,75 @@ class TransformerScorer(_HiddenInput):
 
 SCORERS = {"mlp": MLPScorer, "transformer": TransformerScorer}
 
+# What LearnedPolicy.load accepts: scorers are small networks, so these caps are far
+# above any sensible one and far below what would exhaust a machine's memory.
+_MAX_WIDTH = 4096        # hidden, d_model, hidden_features
+_MAX_FF = 16384
+_MAX_HEADS = 256
+_MAX_POSITIONS = 65536
+_MAX_MODEL_HIDDEN = 65536  # hidden_size: the language model's hidden state
+_MAX_PARAMETERS = 1 << 26
+_SCORER_KEYS = {
+    "mlp": ("num_features", "hidden", "hidden_size", "hidden_features"),
+    "transformer": ("num_features", "d_model", "heads", "ff", "max_positions", "hidden_size", "hidden_features"),
+}
+
+
+def _scorer_config(op: str, where: str, config) -> dict:
+    """A scorer's saved configuration, every field's type and range checked."""
+    if not isinstance(config, dict):
+        check.fail(op, f"{where}: scorer must be a JSON object, got {type(config).__name__}")
+    kind = _checkpoint.choice(op, where, "scorer.kind", config.get("kind"), tuple(SCORERS))
+    _checkpoint.keys(op, where + " scorer", config, ("kind",) + _SCORER_KEYS[kind], required=("kind",))
+    out = dict(config)
+    limits = dict(hidden=_MAX_WIDTH, d_model=_MAX_WIDTH, hidden_features=_MAX_WIDTH, ff=_MAX_FF,
+                  heads=_MAX_HEADS, max_positions=_MAX_POSITIONS, hidden_size=_MAX_MODEL_HIDDEN)
+    for name, value in config.items():
+        if name == "kind" or (name == "hidden_size" and value is None):
+            continue
+        if name == "num_features":  # step_features is what the scorer reads
+            _checkpoint.integer(op, where, "scorer.num_features", value, NUM_FEATURES, NUM_FEATURES)
+        else:
+            _checkpoint.integer(op, where, f"scorer.{name}", value, 1, limits[name])
+    if kind == "transformer":
+        d_model = out.get("d_model", 128)
+        heads = out.get("heads", 4)
+        if d_model % heads:
+            check.fail(op, f"{where}: scorer.d_model ({d_model}) must be a multiple of scorer.heads ({heads})")
+    return out
+
+
+def _scorer_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes (state_dict names) of the scorer ``config`` describes, computed
+    without building it."""
+    kind = config["kind"]
+    defaults = dict(num_features=NUM_FEATURES, hidden=16, d_model=128, heads=4, ff=512, max_positions=512,
+                    hidden_size=None, hidden_features=8)
+    c = {**defaults, **config}
+    shapes = {}
+    width = c["num_features"]
+    if c["hidden_size"]:
+        shapes["hidden_proj.weight"] = (c["hidden_features"], c["hidden_size"])
+        shapes["hidden_proj.bias"] = (c["hidden_features"],)
+        width += c["hidden_features"]
+    if kind == "mlp":
+        h = c["hidden"]
+        shapes.update({"net.0.weight": (h, width), "net.0.bias": (h,), "net.2.weight": (1, h), "net.2.bias": (1,)})
+        return shapes
+    d, ff = c["d_model"], c["ff"]
+    shapes.update({
+        "inp.weight": (d, width), "inp.bias": (d,),
+        "pos.weight": (c["max_positions"], d),
+        "step.weight": (d, 1), "step.bias": (d,),
+        "norm1.weight": (d,), "norm1.bias": (d,),
+        "attn.in_proj_weight": (3 * d, d), "attn.in_proj_bias": (3 * d,),
+        "attn.out_proj.weight": (d, d), "attn.out_proj.bias": (d,),
+        "norm2.weight": (d,), "norm2.bias": (d,),
+        "ff.0.weight": (ff, d), "ff.0.bias": (ff,), "ff.2.weight": (d, ff), "ff.2.bias": (d,),
+        "out.0.weight": (d,), "out.0.bias": (d,), "out.1.weight": (1, d), "out.1.bias": (1,),
+    })
+    return shapes
+
 
 @dataclass
 class Trajectory:
@@ -194,6 +265,17 @@ class LearnedPolicy(Policy):
         self.trajectory: Trajectory | None = None
 
     @property
+    def explore(self) -> float | None:
+        return self._explore
+
+    @explore.setter
+    def explore(self, value) -> None:
+        # Checked on every assignment: the trainers set it on an existing policy.
+        if value is not None:
+            value = check.real("learned.LearnedPolicy", "explore", value, minimum=0.0, above=True)
+        self._explore = value
+
+    @property
     def uses_quota(self):
         return self.selection == "topk"
 
@@ -218,9 +300,9 @@ class LearnedPolicy(Policy):
         if self.explore:
             chosen = self._sample(scores, ctx)
         elif self.selection == "topk":
-            chosen = ops.select_topk(scores, ctx.quota, ctx.eligible)
+            chosen = ops.select_topk(scores, ctx.quota, ctx.eligible, backend=ctx.backend)
         else:
-            chosen = ops.select_threshold(torch.sigmoid(scores), ctx.eligible, 0.5)
+            chosen = ops.select_threshold(torch.sigmoid(scores), ctx.eligible, 0.5, backend=ctx.backend)
         if self.trajectory is not None:
             t = self.trajectory
             t.features.append(features)
@@ -236,11 +318,12 @@ class LearnedPolicy(Policy):
         u = torch.rand(scores.shape, device=scores.device, generator=ctx.generator).clamp_min(1e-12)
         if self.selection == "topk":
             gumbel = -torch.log(-torch.log(u))
-            return ops.select_topk(scores / self.explore + gumbel, ctx.quota, ctx.eligible)
+            return ops.select_topk(scores / self.explore + gumbel, ctx.quota, ctx.eligible, backend=ctx.backend)
         p = torch.sigmoid(scores / self.explore)
         drawn = ctx.eligible & (u < p)
         # None drawn in a row that has eligible positions: take the most likely one.
-        best = ops.select_topk(scores, torch.ones_like(ctx.eligible[:, 0], dtype=torch.int64), ctx.eligible)
+        best = ops.select_topk(scores, torch.ones_like(ctx.eligible[:, 0], dtype=torch.int64), ctx.eligible,
+                               backend=ctx.backend)
         return torch.where(drawn.any(-1, keepdim=True), drawn, best)
 
     # Persistence -------------------------------------------------------------
@@ -258,21 +341,27 @@ class LearnedPolicy(Policy):
 
     @classmethod
     def load(cls, path: str, *, device=None, schedule=None, explore=None) -> "LearnedPolicy":
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(path, framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("dmkernels", "null") or "null")
-        if meta is None:
-            raise ValueError(f"LearnedPolicy.load: {path} was not written by LearnedPolicy.save")
-        config = dict(meta["scorer"])
+        # Everything is checked against the file's header before the scorer is built:
+        # a crafted configuration must not decide how much memory is allocated.
+        op = "learned.LearnedPolicy.load"
+        meta, tensors = _checkpoint.header(op, path)
+        if "dmkernels" not in meta:
+            check.fail(op, f"{path} was not written by LearnedPolicy.save (no 'dmkernels' metadata)")
+        where = f"{path} (metadata 'dmkernels')"
+        saved = _checkpoint.json_object(op, where, meta["dmkernels"])
+        _checkpoint.keys(op, where, saved, ("scorer", "selection"), required=("scorer", "selection"))
+        selection = _checkpoint.choice(op, where, "selection", saved["selection"], ("topk", "threshold"))
+        config = _scorer_config(op, where, saved["scorer"])
+        _checkpoint.match(op, path, _scorer_shapes(config), tensors, _MAX_PARAMETERS)
         kind = config.pop("kind")
         scorer = SCORERS[kind](**config)
         scorer.load_state_dict(load_file(path))
         scorer.eval()
         if device is not None:
             scorer.to(device)
-        return cls(scorer, selection=meta["selection"], schedule=schedule, explore=explore)
+        return cls(scorer, selection=selection, schedule=schedule, explore=explore)
 
     def __repr__(self):
         kind = getattr(self.scorer, "config", {}).get("kind", type(self.scorer).__name__)

@@ -2,13 +2,15 @@
 
 A policy turns the step's statistics into a selection with the core ops, on the
 device. Write your own by subclassing :class:`Policy` and returning a bool mask
-from :meth:`Policy.select`; no host sync is allowed there::
+from :meth:`Policy.select`; no host sync is allowed there. Pass
+``backend=ctx.backend`` to every op, so that ``generate(..., backend=...)``
+runs the whole step on the backend the caller chose::
 
     class MostConfidentHalf(Policy):
         adaptive = True                      # run until the block is done
         def select(self, ctx):
             k = (ctx.eligible.sum(-1) + 1) // 2
-            return select_topk(ctx.stats.confidence, k, ctx.eligible)
+            return select_topk(ctx.stats.confidence, k, ctx.eligible, backend=ctx.backend)
 
 Two kinds of policy exist. *Scheduled* policies (``adaptive = False``) commit
 the count their :class:`~dmkernels.schedules.Schedule` gives, so a block takes
@@ -22,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import torch
 
+from . import _checks as check
 from . import ops
 from .schedules import DreamTimesteps, LinearCounts, Schedule
 
@@ -46,6 +49,7 @@ class StepContext:
     generator: torch.Generator | None  # for policies that draw random numbers
     schedule: Schedule | None
     hidden: torch.Tensor | None = None  # [B, W, H] last hidden states, for policies with needs_hidden
+    backend: str | None = None     # the generation's backend: pass it to every op (backend=ctx.backend)
 
 
 def _gumbel_like(scores: torch.Tensor, generator) -> torch.Tensor:
@@ -53,12 +57,12 @@ def _gumbel_like(scores: torch.Tensor, generator) -> torch.Tensor:
     return -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float32).tiny)))
 
 
-def _sample_topk(scores: torch.Tensor, quota, eligible, alg_temp, generator) -> torch.Tensor:
+def _sample_topk(scores: torch.Tensor, quota, eligible, alg_temp, generator, backend) -> torch.Tensor:
     """Top-k, or with ``alg_temp`` k draws without replacement from softmax(score / alg_temp)
     (Gumbel-top-k: adding Gumbel noise and taking the top k has that distribution)."""
     if alg_temp:
         scores = scores.float() / alg_temp + _gumbel_like(scores, generator)
-    return ops.select_topk(scores, quota, eligible)
+    return ops.select_topk(scores, quota, eligible, backend=backend)
 
 
 class Policy:
@@ -73,6 +77,10 @@ class Policy:
     uses_quota: bool = True
 
     def __init__(self, schedule: Schedule | None = None):
+        if schedule is not None and not isinstance(schedule, Schedule):
+            # e.g. LowConfidence(0.9) meant as a threshold: refuse now, not at the first step
+            raise TypeError(f"{type(self).__module__}.{type(self).__qualname__}: schedule must be a "
+                            f"dmkernels.schedules.Schedule or None, got {type(schedule).__name__}")
         self.schedule = schedule if schedule is not None else (None if self.adaptive else LinearCounts())
 
     def select(self, ctx: StepContext) -> torch.Tensor:
@@ -90,6 +98,8 @@ class LowConfidence(Policy):
 
     def __init__(self, schedule=None, *, alg_temp: float | None = None, tempered_scores: bool = False):
         super().__init__(schedule)
+        if alg_temp is not None:  # 0 means off, as in Dream
+            alg_temp = check.real(f"policies.{type(self).__name__}", "alg_temp", alg_temp, minimum=0.0)
         self.alg_temp = alg_temp
         self.tempered_scores = tempered_scores
         self.needs_generator = bool(alg_temp)
@@ -98,7 +108,7 @@ class LowConfidence(Policy):
         return ctx.stats.confidence
 
     def select(self, ctx):
-        return _sample_topk(self.score(ctx), ctx.quota, ctx.eligible, self.alg_temp, ctx.generator)
+        return _sample_topk(self.score(ctx), ctx.quota, ctx.eligible, self.alg_temp, ctx.generator, ctx.backend)
 
 
 class Margin(LowConfidence):
@@ -122,7 +132,7 @@ class Random(Policy):
 
     def select(self, ctx):
         scores = torch.rand(ctx.eligible.shape, device=ctx.eligible.device, generator=ctx.generator)
-        return ops.select_topk(scores, ctx.quota, ctx.eligible)
+        return ops.select_topk(scores, ctx.quota, ctx.eligible, backend=ctx.backend)
 
 
 class DreamOrigin(Policy):
@@ -143,16 +153,18 @@ class DreamOrigin(Policy):
 
 
 class Threshold(Policy):
-    """Fast-dLLM: every position with confidence >= ``threshold``, and at least the best one."""
+    """Fast-dLLM: every position with confidence >= ``threshold`` (in [0, 1]), and at least
+    the best one."""
 
     adaptive = True
 
     def __init__(self, threshold: float = 0.9):
         super().__init__()
-        self.threshold = float(threshold)
+        # confidences are probabilities: 0 commits everything, 1 only certain positions (and the best)
+        self.threshold = check.real("policies.Threshold", "threshold", threshold, minimum=0.0, maximum=1.0)
 
     def select(self, ctx):
-        return ops.select_threshold(ctx.stats.confidence, ctx.eligible, self.threshold)
+        return ops.select_threshold(ctx.stats.confidence, ctx.eligible, self.threshold, backend=ctx.backend)
 
 
 class Factor(Policy):
@@ -166,11 +178,11 @@ class Factor(Policy):
 
     def __init__(self, factor: float = 1.0, *, fast_dllm_quirk: bool = False):
         super().__init__()
-        self.factor = float(factor)
+        self.factor = check.real("policies.Factor", "factor", factor, minimum=0.0)
         self.fast_dllm_quirk = fast_dllm_quirk
 
     def select(self, ctx):
-        select = ops.select_factor(ctx.stats.confidence, ctx.eligible, self.factor)
+        select = ops.select_factor(ctx.stats.confidence, ctx.eligible, self.factor, backend=ctx.backend)
         if self.fast_dllm_quirk:
             n = ctx.eligible.sum(-1, keepdim=True)
             took_all_but_last = select.sum(-1, keepdim=True) == n - 1
@@ -188,14 +200,15 @@ class EntropyBounded(Policy):
     def __init__(self, gamma: float = 0.1, error: str = "entropy"):
         super().__init__()
         if error not in self._ERRORS:
-            raise ValueError(f"EntropyBounded: error must be one of {self._ERRORS}, got {error!r}")
-        self.gamma = float(gamma)
+            raise ValueError(f"dmkernels.policies.EntropyBounded: error must be one of {self._ERRORS}, "
+                             f"got {error!r}")
+        self.gamma = check.real("policies.EntropyBounded", "gamma", gamma, minimum=0.0)
         self.error = error
 
     def select(self, ctx):
         s = ctx.stats
         error = {"entropy": s.entropy, "confidence": s.confidence.neg(), "margin": s.margin.neg()}[self.error]
-        return ops.select_entropy_bounded(error, s.entropy, ctx.eligible, self.gamma)
+        return ops.select_entropy_bounded(error, s.entropy, ctx.eligible, self.gamma, backend=ctx.backend)
 
 
 class Dilated(Policy):
@@ -212,9 +225,10 @@ class Dilated(Policy):
 
     def __init__(self, base: int = 2, remask_threshold: float | None = None):
         super().__init__()
-        if int(base) < 2:
-            raise ValueError(f"Dilated: base must be >= 2, got {base}")
-        self.base = int(base)
+        self.base = check.integer("policies.Dilated", "base", base, minimum=2)
+        if remask_threshold is not None:
+            remask_threshold = check.real("policies.Dilated", "remask_threshold", remask_threshold,
+                                          minimum=0.0, maximum=1.0)
         self.remask_threshold = remask_threshold
         self._groups = {}
 
@@ -226,9 +240,10 @@ class Dilated(Policy):
 
     def select(self, ctx):
         groups = self.groups(ctx.eligible.shape[1], ctx.eligible.device)
-        select = ops.select_group(ctx.eligible, groups, ctx.step)
+        select = ops.select_group(ctx.eligible, groups, ctx.step, backend=ctx.backend)
         if self.remask_threshold is not None:
-            select = ops.select_threshold(ctx.stats.confidence, select, float(self.remask_threshold))
+            select = ops.select_threshold(ctx.stats.confidence, select, float(self.remask_threshold),
+                                          backend=ctx.backend)
         return select
 
 

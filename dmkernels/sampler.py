@@ -13,6 +13,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from . import _checks as check
 from . import distributed, ops
 from .cache import NoCache, make_cache
 from .policies import Policy, StepContext
@@ -28,18 +29,20 @@ class Generation(NamedTuple):
     model_calls: int
 
 
-def _fail(msg: str):
-    raise ValueError(f"dmkernels.generate: {msg}")
+def _fail(msg: str, caller: str = "generate", kind: type[Exception] = ValueError):
+    """``caller`` is the public function the user called (e.g. "infill", "compat.llada.generate")."""
+    raise kind(f"dmkernels.{caller}: {msg}")
 
 
-def _logits_of(out) -> torch.Tensor:
+def _logits_of(out, caller: str = "generate") -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
     logits = getattr(out, "logits", None)
-    if logits is None and isinstance(out, (tuple, list)):
+    if logits is None and isinstance(out, (tuple, list)) and out:
         logits = out[0]
     if not isinstance(logits, torch.Tensor):
-        raise TypeError("dmkernels.generate: the model must return logits [B, L, V] or an object with .logits")
+        _fail(f"the model must return logits [B, L, V] or an object with .logits, got {type(out).__name__}",
+              caller, TypeError)
     return logits
 
 
@@ -76,6 +79,12 @@ class ModelRunner:
         self.call = call
         self.output_hidden_states = False  # set when the policy reads ctx.hidden
         self.last_output = None
+        # Set by the Sampler: the public function named in errors, and ((what, id), ...)
+        # that the logits' vocabulary must cover when the model's config does not give
+        # its size (checked on the logits of every call, before anything is committed).
+        self.caller = "generate"
+        self.needed_ids = ()
+        self.calls = 0
 
     def __call__(self, x_window: torch.Tensor, start: int, **kwargs):
         B = x_window.shape[0]
@@ -86,18 +95,43 @@ class ModelRunner:
             x_window = torch.cat([x_window, unconditional], dim=0)
         if self.output_hidden_states:
             kwargs["output_hidden_states"] = True
-        if self.call is not None:
-            out = self.call(x_window, self.attention_mask, **kwargs)
-        elif self.attention_mask is not None:
-            out = self.model(x_window, attention_mask=self.attention_mask, **kwargs)
-        else:
-            out = self.model(x_window, **kwargs)
-        logits = _logits_of(out)
+        self.calls += 1
+        try:
+            if self.call is not None:
+                out = self.call(x_window, self.attention_mask, **kwargs)
+            elif self.attention_mask is not None:
+                out = self.model(x_window, attention_mask=self.attention_mask, **kwargs)
+            else:
+                out = self.model(x_window, **kwargs)
+        except IndexError as e:
+            # Vocabulary size unknown up front: an embedding lookup failing on the first
+            # call is most likely an id outside the vocabulary; say which ids were given.
+            if self.calls > 1 or not self.needed_ids:
+                raise
+            given = ", ".join(f"{what} {value}" for what, value in self.needed_ids)
+            raise ValueError(f"dmkernels.{self.caller}: the model's first call raised IndexError ({e}); every id "
+                             f"must lie inside the model's vocabulary, and the largest given are: {given}") from e
+        logits = self.check_logits(_logits_of(out, self.caller), tuple(x_window.shape))
         if self.batch_factor == 2:
             conditional, unconditional = logits[:B], logits[B:]
             logits = conditional.sub_(unconditional).mul_(self.cfg_scale + 1).add_(unconditional)
         self.last_output = out if self.output_hidden_states else None
         return logits, out
+
+    def check_logits(self, logits: torch.Tensor, window: tuple) -> torch.Tensor:
+        """The model's output must be [B, W, V] for its input [B, W] (host-side shape checks)."""
+        if logits.dim() != 3 or tuple(logits.shape[:2]) != window:
+            _fail(f"the model's output logits have shape {list(logits.shape)}; expected [B, L, V] = "
+                  f"[{window[0]}, {window[1]}, V] for its input of shape {list(window)}", self.caller)
+        if logits.dtype not in check.LOGITS_DTYPES:
+            _fail(f"the model's output logits must be float32, bfloat16 or float16, got "
+                  f"{str(logits.dtype).replace('torch.', '')}", self.caller, TypeError)
+        V = logits.shape[-1]
+        for what, value in self.needed_ids:
+            if value >= V:
+                _fail(f"{what} {value} is outside the model's vocabulary [0, {V}) (the width of its logits)",
+                      self.caller)
+        return logits
 
     def last_hidden(self) -> torch.Tensor:
         """The last layer's hidden states [B, W, H] of the latest call (conditional half)."""
@@ -150,46 +184,88 @@ class Sampler:
     def __init__(self, model, input_ids, *, attention_mask, gen_length, block_length, steps, policy,
                  temperature, cfg_scale, eos_token_id, cache, seed, progress, mask_id, shift_logits, backend,
                  logits_processor=None, score_processor=None, runner=None, stop_when_block_done=None,
-                 parallel=None, canvas=None):
+                 parallel=None, canvas=None, caller="generate", arg_names=None):
+        # Every argument is checked here, on the host, before the first model call.
+        # Messages name the public function the user called (``caller``, e.g. "infill"
+        # or "compat.llada.generate") and its own names for the arguments (``arg_names``,
+        # e.g. {"input_ids": "prompt"}).
+        names = dict(arg_names or {})
+        ids_name = "canvas" if canvas is not None else names.get("input_ids", "input_ids")
+
+        def fail(msg, kind=ValueError):
+            _fail(msg, caller, kind)
+
         if not isinstance(policy, Policy):
-            _fail(f"policy must be a dmkernels.policies.Policy, got {type(policy).__name__}")
+            fail(f"policy must be a dmkernels.policies.Policy, got {type(policy).__name__}")
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            _fail("input_ids must be a 2-D tensor [B, prompt_length]")
+            fail(f"{ids_name} must be a 2-D tensor [B, prompt_length]")
         if input_ids.dtype not in (torch.int64, torch.int32):
-            _fail(f"input_ids must be int64 or int32, got {input_ids.dtype}")
+            fail(f"{ids_name} must be int64 or int32, got {input_ids.dtype}")
+        if input_ids.shape[0] == 0:  # refused rather than returned empty: nothing to generate
+            fail(f"{ids_name} has no rows (a batch of 0): give at least one sequence")
         for name, value in (("gen_length", gen_length), ("block_length", block_length)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                _fail(f"{name} must be a positive int, got {value!r}")
+                fail(f"{names.get(name, name)} must be a positive int, got {value!r}")
         if gen_length % block_length:
-            _fail(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+            fail(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
         num_blocks = gen_length // block_length
         if not policy.adaptive:
             if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-                _fail(f"steps must be a positive int, got {steps!r}")
+                fail(f"steps must be a positive int, got {steps!r}")
             if steps % num_blocks:
-                _fail(f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks})")
-        if temperature < 0:
-            _fail(f"temperature must be >= 0, got {temperature}")
-        if cfg_scale < 0:
-            _fail(f"cfg_scale must be >= 0, got {cfg_scale}")
+                fail(f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks})")
+        # NaN or inf would not fail later: inf guidance leaves every position masked,
+        # NaN turns guidance off.
+        temperature = check.real(caller, "temperature", temperature, minimum=0.0)
+        temperature = check.temperature(caller, temperature)  # 0 or >= 2**-100, as token_stats takes
+        cfg_scale = check.real(caller, "cfg_scale", cfg_scale, minimum=0.0)
+        if seed is not None:
+            seed = check.integer(caller, "seed", seed, minimum=0)
+        if backend is not None and backend not in ("auto",) + ops.BACKENDS:
+            fail(f"backend must be one of {('auto',) + ops.BACKENDS} (or None), got {backend!r}")
         config = getattr(model, "config", None)
         if mask_id is None:
             mask_id = getattr(config, "mask_token_id", None)
             mask_id = DEFAULT_MASK_ID if mask_id is None else mask_id
         vocab_size = getattr(config, "vocab_size", None)
-        if not isinstance(mask_id, int) or mask_id < 0 or (isinstance(vocab_size, int) and mask_id >= vocab_size):
-            _fail(f"mask_id = {mask_id} is outside the vocabulary [0, {vocab_size})")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            vocab_size = None  # unknown: checked against the first logits instead
+        mask_name = names.get("mask_id", "mask_id")
+        if isinstance(mask_id, bool) or not isinstance(mask_id, int):
+            fail(f"{mask_name} must be an int, got {type(mask_id).__name__} {mask_id!r}", TypeError)
+        if mask_id < 0 or (vocab_size is not None and mask_id >= vocab_size):
+            fail(f"{mask_name} = {mask_id} is outside the vocabulary [0, {vocab_size})")
+        if eos_token_id is not None:
+            eos_token_id = check.integer(caller, "eos_token_id", eos_token_id, minimum=0)
+            if vocab_size is not None and eos_token_id >= vocab_size:
+                fail(f"eos_token_id = {eos_token_id} is outside the vocabulary [0, {vocab_size})")
+            if eos_token_id == mask_id:
+                fail(f"eos_token_id must differ from {mask_name} ({mask_id}): a finished row would be masks")
+        # The ids' range, read once on the host before generation (not inside a step): an
+        # id outside the vocabulary fails in the model's embedding with an unhelpful
+        # IndexError on CPU, and a device-side assert on CUDA.
+        ids = canvas if canvas is not None else input_ids
+        needed_ids = []
+        if ids.numel():
+            low, high = (int(v) for v in torch.aminmax(ids))
+            if low < 0 or (vocab_size is not None and high >= vocab_size):
+                bad = low if low < 0 else high
+                fail(f"{ids_name} holds id {bad}, outside the vocabulary [0, {vocab_size if vocab_size else 'V'})")
+            needed_ids.append((f"{ids_name} holds id", high))
+        needed_ids.append((f"{mask_name} =", mask_id))
+        if eos_token_id is not None:
+            needed_ids.append(("eos_token_id =", eos_token_id))
         B, P = input_ids.shape
         device = _model_device(model, input_ids.device)
         if canvas is not None:  # infill: the canvas is the whole sequence, masks where to write
             self.x = canvas.to(device=device, dtype=torch.int64, copy=True)
             if attention_mask is not None:
                 if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(canvas.shape):
-                    _fail(f"attention_mask must have the shape of the canvas {list(canvas.shape)}")
+                    fail(f"attention_mask must have the shape of the canvas {list(canvas.shape)}")
                 attention_mask = attention_mask.to(device)
         elif attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, P):
-                _fail(f"attention_mask must have the shape of input_ids {[B, P]}")
+                fail(f"attention_mask must have the shape of {ids_name} {[B, P]}")
             attention_mask = torch.cat(
                 [attention_mask.to(device), torch.ones(B, gen_length, dtype=attention_mask.dtype, device=device)], 1)
         self.B, self.P = B, P
@@ -200,7 +276,10 @@ class Sampler:
         self.policy = policy
         self.temperature = float(temperature)
         self.eos_token_id = eos_token_id
-        self.cache = make_cache(cache)
+        try:
+            self.cache = make_cache(cache)
+        except ValueError as e:
+            fail(str(e))
         self.progress = progress
         self.mask_id = mask_id
         self.vocab_size = vocab_size
@@ -214,14 +293,14 @@ class Sampler:
         if parallel is not None:
             if isinstance(parallel, distributed.VocabParallel):
                 if seed is None:
-                    _fail("seed must be given with VocabParallel: every rank must draw the same numbers")
+                    fail("seed must be given with VocabParallel: every rank must draw the same numbers")
                 if logits_processor is not None:
-                    _fail("a logits_processor needs whole rows: it cannot run on VocabParallel slices")
+                    fail("a logits_processor needs whole rows: it cannot run on VocabParallel slices")
             elif isinstance(parallel, distributed.DataParallel):
                 self.row_offset, rank = distributed.row_offset_of(B, parallel.group)
                 generator_seed_shift = rank
             else:
-                _fail(f"parallel must be a dmkernels.distributed.VocabParallel or DataParallel, got {parallel!r}")
+                fail(f"parallel must be a dmkernels.distributed.VocabParallel or DataParallel, got {parallel!r}")
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.seed = int(seed)
@@ -235,6 +314,11 @@ class Sampler:
         self.attention_mask = attention_mask
         self.runner = runner or ModelRunner(model, attention_mask=attention_mask, cfg_scale=cfg_scale,
                                             prompt_index=self.x != mask_id, mask_id=mask_id)
+        if isinstance(self.runner, ModelRunner):
+            self.runner.caller = caller
+            # Under VocabParallel the logits are this rank's slice: their width is not V.
+            if vocab_size is None and not isinstance(parallel, distributed.VocabParallel):
+                self.runner.needed_ids = tuple(needed_ids)
         self.needs_hidden = bool(getattr(policy, "needs_hidden", False))
         self.runner.output_hidden_states = self.needs_hidden
         self.hidden = None
@@ -306,7 +390,7 @@ class Sampler:
             quota = schedule.quota(i, eligible.sum(-1))
         ctx = StepContext(stats=stats, eligible=eligible, step=i, steps=self.steps_per_block, block=block,
                           quota=quota, logits=rows, x=x_block, generator=self.generator, schedule=schedule,
-                          hidden=self.hidden)
+                          hidden=self.hidden, backend=self.backend)
         select = self.policy.select(ctx)
         changed, remaining = ops.commit_(x_block, stats.token, select, self.mask_id, backend=self.backend)
         self.cache.update(changed, start, end)
@@ -397,7 +481,9 @@ def generate(model, input_ids, *, attention_mask=None, gen_length, block_length,
     ----------
     model : callable returning logits [B, L, V] (or an object with ``.logits``); a
         Hugging Face model works as is. For cache modes, see :mod:`dmkernels.cache`.
-    input_ids : int Tensor [B, P], left-padded prompts.
+    input_ids : int Tensor [B, P], left-padded prompts (B >= 1; ids inside the
+        vocabulary, checked against ``model.config.vocab_size`` when the model has
+        one, else against the width of the first call's logits).
     attention_mask : Tensor [B, P], optional (1 = real token); passed to the model
         extended with ones over the generated part.
     gen_length, block_length : tokens to generate, in blocks of ``block_length``.
@@ -407,9 +493,9 @@ def generate(model, input_ids, *, attention_mask=None, gen_length, block_length,
     policy : a :class:`dmkernels.policies.Policy`.
     temperature : 0 takes the argmax; T > 0 samples (Gumbel-max, seeded Philox noise).
     cfg_scale : classifier-free guidance; the unconditional pass masks the prompt.
-    eos_token_id : when given, a row whose finished block contains it is done, its
-        remaining positions are filled with it, and generation stops when every row
-        is done.
+    eos_token_id : when given (an id other than ``mask_id``), a row whose finished
+        block contains it is done, its remaining positions are filled with it, and
+        generation stops when every row is done.
     cache : None, "prefix", "dual" or a :class:`dmkernels.cache.CacheMode`.
     seed : seeds the token noise and the policy's random numbers; None draws one
         from torch's default generator.
@@ -422,6 +508,9 @@ def generate(model, input_ids, *, attention_mask=None, gen_length, block_length,
         group, every rank gets the same tokens; ``seed`` required) or
         :class:`dmkernels.distributed.DataParallel` (each worker generates its own
         rows with the noise of its rows in the global batch).
+
+    Every argument is checked on the host before the first model call; a bad one
+    raises ValueError or TypeError naming it.
 
     Returns
     -------
@@ -446,12 +535,12 @@ def infill(model, canvas, *, steps, policy, block_length=None, attention_mask=No
     arguments as in :func:`generate`. Returns Generation(sequences [B, L], model_calls).
     """
     if not isinstance(canvas, torch.Tensor) or canvas.dim() != 2 or canvas.shape[1] < 1:
-        _fail("canvas must be a 2-D tensor [B, L] with L >= 1")
+        _fail("canvas must be a 2-D tensor [B, L] with L >= 1", "infill")
     if canvas.dtype not in (torch.int64, torch.int32):
-        _fail(f"canvas must be int64 or int32, got {canvas.dtype}")
+        _fail(f"canvas must be int64 or int32, got {canvas.dtype}", "infill")
     L = canvas.shape[1]
     block_length = L if block_length is None else block_length
     return Sampler(model, canvas[:, :0], attention_mask=attention_mask, gen_length=L, block_length=block_length,
                    steps=steps, policy=policy, temperature=temperature, cfg_scale=cfg_scale, eos_token_id=None,
                    cache=None, seed=seed, progress=progress, mask_id=mask_id, shift_logits=False, backend=backend,
-                   parallel=parallel, canvas=canvas).run()
+                   parallel=parallel, canvas=canvas, caller="infill").run()

@@ -100,11 +100,18 @@ def test_scheduled_policy_runs_exactly_its_steps_and_commits_linear_counts():
 
 
 def test_adaptive_policy_stops_each_block_when_done():
+    class OnePerStep(P.Policy):
+        adaptive = True
+
+        def select(self, ctx):
+            return dmkernels.select_topk(ctx.stats.confidence, torch.ones_like(ctx.eligible[:, 0], dtype=torch.int64),
+                                         ctx.eligible)
+
     out = dmkernels.generate(ToyModel(), prompts(), gen_length=16, block_length=8, steps=1,
-                             policy=P.Threshold(-1.0), mask_id=MASK)  # commits everything at once
+                             policy=P.Threshold(0.0), mask_id=MASK)  # commits everything at once
     assert out.model_calls == 2
     out = dmkernels.generate(ToyModel(), prompts(), gen_length=16, block_length=8, steps=1,
-                             policy=P.Threshold(2.0), mask_id=MASK)  # one per step
+                             policy=OnePerStep(), mask_id=MASK)
     assert out.model_calls == 16
 
 

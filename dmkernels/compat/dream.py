@@ -21,6 +21,7 @@ from ..schedules import DreamTimesteps
 __all__ = ["diffusion_generate", "patch", "DreamGenerationConfig", "DreamModelOutput"]
 
 _DEFAULT_MAX_LENGTH = 20
+_CALLER = "compat.dream.diffusion_generate"  # named in error messages
 
 
 class DreamGenerationConfig:
@@ -182,6 +183,9 @@ def diffusion_generate(model, inputs=None, generation_config=None, **kwargs):
     config = _resolve_config(model, generation_config, kwargs)
     if inputs is None:
         raise ValueError("diffusion_generate: inputs (the prompt ids) are required")
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2:
+        raise TypeError(f"dmkernels.{_CALLER}: inputs must be a 2-D tensor of prompt ids [B, prompt_length], "
+                        f"got {type(inputs).__name__}")
     input_ids = inputs
     prompt_length = input_ids.shape[-1]
     has_default_max_length = not explicit_max_length and config.max_length is not None
@@ -207,7 +211,10 @@ def diffusion_generate(model, inputs=None, generation_config=None, **kwargs):
         policy = DreamOrigin(DreamTimesteps(config.eps))
     elif config.alg in _ALGS:
         alg_temp = config.alg_temp if config.alg_temp else None
-        policy = _ALGS[config.alg](DreamTimesteps(config.eps), alg_temp=alg_temp, tempered_scores=True)
+        try:
+            policy = _ALGS[config.alg](DreamTimesteps(config.eps), alg_temp=alg_temp, tempered_scores=True)
+        except (TypeError, ValueError) as e:  # name the function the user called, not the policy class
+            raise type(e)(f"dmkernels.{_CALLER}: {str(e).split(': ', 1)[-1]}") from None
     else:
         raise RuntimeError(f"Unknown alg: {config.alg}")
 
@@ -230,11 +237,12 @@ def diffusion_generate(model, inputs=None, generation_config=None, **kwargs):
     runner = ModelRunner(model, attention_mask=full_mask, call=call)
     history = [] if (config.return_dict_in_generate and config.output_history) else None
     sampler = _DreamSampler(model, input_ids, attention_mask=None, gen_length=gen_length, block_length=gen_length,
-                            steps=config.steps, policy=policy, temperature=float(config.temperature or 0.0),
+                            steps=config.steps, policy=policy, temperature=config.temperature or 0.0,
                             cfg_scale=0.0, eos_token_id=None, cache=None, seed=None, progress=False,
-                            mask_id=int(config.mask_token_id), shift_logits=True, backend=None, runner=runner,
+                            mask_id=config.mask_token_id, shift_logits=True, backend=None, runner=runner,
                             top_p=config.top_p, top_k=config.top_k, tokens_hook=tokens_hook,
-                            logits_hook=logits_hook, history=history)
+                            logits_hook=logits_hook, history=history, caller=_CALLER,
+                            arg_names={"input_ids": "inputs", "mask_id": "mask_token_id"})
     x = sampler.run().sequences
     if config.return_dict_in_generate:
         return DreamModelOutput(sequences=x, history=history)

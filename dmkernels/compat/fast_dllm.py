@@ -33,23 +33,29 @@ class _RandomConfidence(Policy):
         return self.inner.select(ctx)
 
 
-def _policy(remasking, threshold, factor) -> Policy:
+def _policy(remasking, threshold, factor, caller) -> Policy:
     if remasking not in ('low_confidence', 'random'):
         raise NotImplementedError(remasking)
-    if factor is not None:
-        policy = Factor(factor, fast_dllm_quirk=True)
-    elif threshold is not None:
-        policy = Threshold(threshold)
-    else:
+    try:
+        if factor is not None:
+            policy = Factor(factor, fast_dllm_quirk=True)
+        elif threshold is not None:
+            policy = Threshold(threshold)
+    except (TypeError, ValueError) as e:  # name the function the user called, not the policy class
+        raise type(e)(f"dmkernels.{caller}: {str(e).split(': ', 1)[-1]}") from None
+    if factor is None and threshold is None:
         return LowConfidence() if remasking == 'low_confidence' else Random()
     return policy if remasking == 'low_confidence' else _RandomConfidence(policy)
 
 
-def _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor, cache):
+def _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor, cache,
+         name):
+    caller = f"compat.fast_dllm.{name}"
     sampler = Sampler(model, prompt, attention_mask=None, gen_length=gen_length, block_length=block_length,
-                      steps=steps, policy=_policy(remasking, threshold, factor), temperature=temperature,
+                      steps=steps, policy=_policy(remasking, threshold, factor, caller), temperature=temperature,
                       cfg_scale=0.0, eos_token_id=None, cache=cache, seed=None, progress=False, mask_id=mask_id,
-                      shift_logits=False, backend=None, stop_when_block_done=True)
+                      shift_logits=False, backend=None, stop_when_block_done=True, caller=caller,
+                      arg_names={"input_ids": "prompt"})
     out = sampler.run()
     return out.sequences, out.model_calls
 
@@ -66,21 +72,21 @@ _NOTE = """
 def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
              remasking='low_confidence', mask_id=126336, threshold=None, factor=None):
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
-                None)
+                None, "generate")
 
 
 @torch.no_grad()
 def generate_with_prefix_cache(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
                                remasking='low_confidence', mask_id=126336, threshold=None, factor=None):
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
-                "prefix")
+                "prefix", "generate_with_prefix_cache")
 
 
 @torch.no_grad()
 def generate_with_dual_cache(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
                              remasking='low_confidence', mask_id=126336, threshold=None, factor=None):
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
-                "dual")
+                "dual", "generate_with_dual_cache")
 
 
 generate.__doc__ = "Fast-dLLM's ``generate`` (no cache)." + _NOTE

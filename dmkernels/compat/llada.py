@@ -53,5 +53,6 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
                       cfg_scale=cfg_scale, eos_token_id=None, cache=None, seed=None, progress=False,
                       mask_id=mask_id, shift_logits=False, backend=None,
                       logits_processor=logits_processor if logits_eos_inf else None,
-                      score_processor=score_processor if confidence_eos_eot_inf else None)
+                      score_processor=score_processor if confidence_eos_eot_inf else None,
+                      caller="compat.llada.generate", arg_names={"input_ids": "prompt"})
     return sampler.run().sequences

@@ -1,0 +1,108 @@
+"""Checks of checkpoint files before anything is built from them.
+
+The loaders (``LearnedPolicy.load``, ``tasks.sudoku.load_denoiser``) read the
+JSON configuration and the safetensors header (names, shapes, dtypes: no tensor
+data), check every field's type and range, compute the parameter shapes the
+configuration implies and compare them with the file's, and only then build
+the module. A crafted file therefore fails with a message naming it instead of
+allocating whatever its configuration asks for.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from . import _checks as check
+
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+def header(op: str, path) -> tuple[dict, dict[str, tuple[tuple[int, ...], str]]]:
+    """(metadata, {name: (shape, dtype)}) of a safetensors file, reading only its header."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype())
+                       for name in f.keys()}
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError) as exc:
+        check.fail(op, f"{path} is not a readable safetensors file ({exc})")
+    return meta, tensors
+
+
+def json_object(op: str, where: str, text: str) -> dict:
+    """The JSON object in ``text``; ``where`` names its file in the errors."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        check.fail(op, f"{where} is not valid JSON ({exc})")
+    if not isinstance(value, dict):
+        check.fail(op, f"{where} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_json_file(op: str, path, max_bytes: int = 1 << 20) -> dict:
+    """The JSON object of a small sidecar file (refused past ``max_bytes``, unread)."""
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        check.fail(op, f"{path} is {size} bytes; a checkpoint's JSON is at most {max_bytes}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        check.fail(op, f"{path} is not UTF-8 text ({exc})")
+    return json_object(op, str(path), text)
+
+
+def keys(op: str, where: str, obj: dict, allowed, required=()) -> None:
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        check.fail(op, f"{where}: unknown keys {unknown} (allowed: {sorted(allowed)})")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        check.fail(op, f"{where}: missing keys {missing}")
+
+
+def integer(op: str, where: str, name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        check.fail(op, f"{where}: {name} must be an int, got {value!r}")
+    if not lo <= value <= hi:
+        check.fail(op, f"{where}: {name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def real(op: str, where: str, name: str, value, lo: float, hi: float) -> float:
+    """A finite number in (lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        check.fail(op, f"{where}: {name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and lo < value <= hi):
+        check.fail(op, f"{where}: {name} must be a finite number in ({lo:g}, {hi:g}], got {value!r}")
+    return float(value)
+
+
+def choice(op: str, where: str, name: str, value, allowed) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        check.fail(op, f"{where}: {name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def match(op: str, path, expected: dict[str, tuple[int, ...]], found: dict, max_parameters: int) -> None:
+    """The file holds exactly the floating-point tensors ``expected`` (name -> shape)."""
+    total = sum(math.prod(shape) for shape in expected.values())
+    if total > max_parameters:
+        check.fail(op, f"{path}: the configuration implies {total} parameters, more than the cap {max_parameters}")
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        check.fail(op, f"{path}: the tensors do not match the configuration: missing {missing[:8]}, "
+                       f"unexpected {extra[:8]}")
+    for name, shape in expected.items():
+        got, dtype = found[name]
+        if got != shape:
+            check.fail(op, f"{path}: tensor {name} has shape {list(got)}, the configuration implies {list(shape)}")
+        if dtype not in FLOAT_DTYPES:
+            check.fail(op, f"{path}: tensor {name} has dtype {dtype}, expected one of {FLOAT_DTYPES}")
