@@ -29,8 +29,8 @@ install-latest:
 # objects stay in build/: ninja recompiles only what changed, and nothing when
 # dmkernels/_C*.so is newer than every source.
 build:
-	@cd /tmp && $(PYTHON) -c "import importlib.util as u, os, sys; s = u.find_spec('dmkernels'); \
-		sys.exit(not (s and os.path.dirname(s.origin) == os.path.join('$(CURDIR)', 'dmkernels')))" \
+	@(cd / && $(PYTHON) -c "import importlib.util as u, os, sys; s = u.find_spec('dmkernels'); \
+		sys.exit(not (s and os.path.dirname(s.origin) == os.path.join('$(CURDIR)', 'dmkernels')))") \
 		|| DMKERNELS_NO_EXTENSION=1 $(PIP) install --quiet --no-build-isolation --no-deps -e .
 	$(PYTHON) setup.py --quiet build_ext --inplace
 
