@@ -104,7 +104,7 @@ setup(
         "tqdm>=4.60,<5",
     ],
     extras_require={
-        "triton": ["triton>=3.5,<4"],
+        "triton": ["triton>=3.6,<4"],
         "bench": ["matplotlib>=3.8,<4"],
         "test": ["pytest>=8,<10", "pytest-benchmark>=5,<6", "hypothesis>=6.100,<7", "ninja"],
     },
