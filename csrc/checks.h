@@ -1,6 +1,9 @@
 // Argument checks shared by every backend's binding. Each message names the op
-// and the argument, so `torch.ops.dmkernels.*` called directly fails as clearly
-// as the Python wrappers in dmkernels/ops.py (which check the same things first).
+// and the argument, so `torch.ops.dmkernels.*` called directly fails as clearly,
+// and with the same exception types, as the Python checks of the registry
+// (dmkernels/_registry.py, run by the wrappers and the Triton ops): a wrong dtype
+// is TORCH_CHECK_TYPE (TypeError), any other bad argument TORCH_CHECK_VALUE
+// (ValueError). tests/test_validation.py holds every backend to that.
 #pragma once
 
 #include <ATen/MemoryOverlap.h>
@@ -31,13 +34,13 @@ inline bool poison_outputs() {
 
 inline void check_same_device(const char* op, const char* name, const at::Tensor& t,
                               const at::Tensor& ref, const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), "dmkernels.", op, ": ", name, " is on ", t.device(),
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "dmkernels.", op, ": ", name, " is on ", t.device(),
               " but ", ref_name, " is on ", ref.device());
 }
 
 inline void check_shape(const char* op, const char* name, const at::Tensor& t,
                         at::IntArrayRef expected, const char* expected_from) {
-  TORCH_CHECK(t.sizes() == expected, "dmkernels.", op, ": ", name, " must have shape ",
+  TORCH_CHECK_VALUE(t.sizes() == expected, "dmkernels.", op, ": ", name, " must have shape ",
               expected, " (", expected_from, "), got ", t.sizes());
 }
 
@@ -62,13 +65,13 @@ inline void check_dtype(const char* op, const char* name, const at::Tensor& t,
   }
   std::string names;
   for (auto s : allowed) names += (names.empty() ? "" : ", ") + dtype_name(s);
-  TORCH_CHECK(false, "dmkernels.", op, ": ", name, " must be one of (", names, "), got ",
+  TORCH_CHECK_TYPE(false, "dmkernels.", op, ": ", name, " must be one of (", names, "), got ",
               dtype_name(t.scalar_type()));
 }
 
 // [B, L] scores of a selection op; returns nothing, throws on the first problem.
 inline void check_scores_2d(const char* op, const char* name, const at::Tensor& scores) {
-  TORCH_CHECK(scores.dim() == 2, "dmkernels.", op, ": ", name, " must be 2-D [B, L], got shape ",
+  TORCH_CHECK_VALUE(scores.dim() == 2, "dmkernels.", op, ": ", name, " must be 2-D [B, L], got shape ",
               scores.sizes());
   check_dtype(op, name, scores, {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
 }
@@ -83,21 +86,21 @@ inline void check_eligible(const char* op, const at::Tensor& eligible, const at:
 inline void check_token_stats_args(const at::Tensor& logits, double temperature, int64_t seed,
                                    int64_t offset, const std::optional<at::Tensor>& positions,
                                    const std::optional<at::Tensor>& rng, const char* op = "token_stats") {
-  TORCH_CHECK(logits.dim() >= 1, "dmkernels.", op, ": logits must have a vocabulary dim [..., V]");
+  TORCH_CHECK_VALUE(logits.dim() >= 1, "dmkernels.", op, ": logits must have a vocabulary dim [..., V]");
   check_dtype(op, "logits", logits, {at::kFloat, at::kBFloat16, at::kHalf});
   const int64_t V = logits.size(-1);
-  TORCH_CHECK(V >= 1, "dmkernels.", op, ": logits has an empty vocabulary dim (V = 0)");
-  TORCH_CHECK(V <= (int64_t{1} << 24), "dmkernels.", op, ": logits vocabulary dim V = ", V, " exceeds 2^24");
-  TORCH_CHECK(logits.stride(-1) == 1 || V == 1, "dmkernels.", op,
+  TORCH_CHECK_VALUE(V >= 1, "dmkernels.", op, ": logits has an empty vocabulary dim (V = 0)");
+  TORCH_CHECK_VALUE(V <= (int64_t{1} << 24), "dmkernels.", op, ": logits vocabulary dim V = ", V, " exceeds 2**24");
+  TORCH_CHECK_VALUE(logits.stride(-1) == 1 || V == 1, "dmkernels.", op,
               ": logits must have unit stride on the vocabulary dim, got stride ", logits.stride(-1));
-  TORCH_CHECK(logits.numel() / V <= (int64_t{1} << 32), "dmkernels.", op, ": logits has more than 2^32 rows");
-  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0, "dmkernels.", op,
+  TORCH_CHECK_VALUE(logits.numel() / V <= (int64_t{1} << 32), "dmkernels.", op, ": logits has more than 2**32 rows");
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0.0, "dmkernels.", op,
               ": temperature must be finite and >= 0, got ", temperature);
   // Below 2^-100 the scaled noise leaves float32's normal range (common/noise.h).
   TORCH_CHECK_VALUE(temperature == 0.0 || temperature >= kMinTemperature, "dmkernels.", op,
                     ": temperature must be 0 or >= 2**-100 (about 7.9e-31), got ", temperature);
-  TORCH_CHECK(seed >= 0, "dmkernels.", op, ": seed must be >= 0, got ", seed);
-  TORCH_CHECK(offset >= 0, "dmkernels.", op, ": offset must be >= 0, got ", offset);
+  TORCH_CHECK_VALUE(seed >= 0, "dmkernels.", op, ": seed must be >= 0, got ", seed);
+  TORCH_CHECK_VALUE(offset >= 0, "dmkernels.", op, ": offset must be >= 0, got ", offset);
   if (positions.has_value()) {
     const auto& pos = *positions;
     check_same_device(op, "positions", pos, logits, "logits");
@@ -119,13 +122,13 @@ inline void check_token_stats_partial_args(const at::Tensor& logits, double temp
                                            int64_t row_offset) {
   const char* op = "token_stats_partial";
   check_token_stats_args(logits, temperature, seed, offset, positions, rng, op);
-  TORCH_CHECK(vocab_start >= 0, "dmkernels.token_stats_partial: vocab_start must be >= 0, got ", vocab_start);
-  TORCH_CHECK(vocab_start + logits.size(-1) <= (int64_t{1} << 24),
+  TORCH_CHECK_VALUE(vocab_start >= 0, "dmkernels.token_stats_partial: vocab_start must be >= 0, got ", vocab_start);
+  TORCH_CHECK_VALUE(vocab_start + logits.size(-1) <= (int64_t{1} << 24),
               "dmkernels.token_stats_partial: vocab_start + V = ", vocab_start + logits.size(-1),
-              " exceeds 2^24");
-  TORCH_CHECK(row_offset >= 0, "dmkernels.token_stats_partial: row_offset must be >= 0, got ", row_offset);
-  TORCH_CHECK(row_offset + logits.numel() / logits.size(-1) <= (int64_t{1} << 32),
-              "dmkernels.token_stats_partial: row_offset + rows exceeds 2^32");
+              " exceeds 2**24");
+  TORCH_CHECK_VALUE(row_offset >= 0, "dmkernels.token_stats_partial: row_offset must be >= 0, got ", row_offset);
+  TORCH_CHECK_VALUE(row_offset + logits.numel() / logits.size(-1) <= (int64_t{1} << 32),
+              "dmkernels.token_stats_partial: row_offset + rows exceeds 2**32");
 }
 
 // Per-op checks shared by the CPU and CUDA bindings.
@@ -144,7 +147,7 @@ inline void check_scored_rule_args(const char* op, const at::Tensor& scores, con
                                    const char* param_name, double param) {
   check_scores_2d(op, "scores", scores);
   check_eligible(op, eligible, scores, "scores");
-  TORCH_CHECK(!std::isnan(param), "dmkernels.", op, ": ", param_name, " is NaN");
+  TORCH_CHECK_VALUE(!std::isnan(param), "dmkernels.", op, ": ", param_name, " is NaN");
 }
 
 inline void check_select_entropy_bounded_args(const at::Tensor& error, const at::Tensor& entropy,
@@ -155,12 +158,12 @@ inline void check_select_entropy_bounded_args(const at::Tensor& error, const at:
   check_same_device(op, "entropy", entropy, error, "error");
   check_shape(op, "entropy", entropy, error.sizes(), "error.shape");
   check_eligible(op, eligible, error, "error");
-  TORCH_CHECK(!std::isnan(gamma), "dmkernels.select_entropy_bounded: gamma is NaN");
+  TORCH_CHECK_VALUE(!std::isnan(gamma), "dmkernels.select_entropy_bounded: gamma is NaN");
 }
 
 inline void check_select_group_args(const at::Tensor& eligible, const at::Tensor& groups, const at::Tensor& step) {
   const char* op = "select_group";
-  TORCH_CHECK(eligible.dim() == 2, "dmkernels.select_group: eligible must be 2-D [B, L], got shape ",
+  TORCH_CHECK_VALUE(eligible.dim() == 2, "dmkernels.select_group: eligible must be 2-D [B, L], got shape ",
               eligible.sizes());
   check_dtype(op, "eligible", eligible, {at::kBool});
   check_same_device(op, "groups", groups, eligible, "eligible");
@@ -168,17 +171,17 @@ inline void check_select_group_args(const at::Tensor& eligible, const at::Tensor
   check_dtype(op, "groups", groups, {at::kLong, at::kInt});
   check_dtype(op, "step", step, {at::kLong, at::kInt});
   const int64_t B = eligible.size(0), L = eligible.size(1);
-  TORCH_CHECK(groups.sizes() == at::IntArrayRef{L} || groups.sizes() == eligible.sizes(),
+  TORCH_CHECK_VALUE(groups.sizes() == at::IntArrayRef{L} || groups.sizes() == eligible.sizes(),
               "dmkernels.select_group: groups must have shape [L] or [B, L] = ", eligible.sizes(), ", got ",
               groups.sizes());
-  TORCH_CHECK(step.dim() == 0 || step.sizes() == at::IntArrayRef{B},
+  TORCH_CHECK_VALUE(step.dim() == 0 || step.sizes() == at::IntArrayRef{B},
               "dmkernels.select_group: step must be a scalar or have shape [B] = [", B, "], got ", step.sizes());
 }
 
 inline void check_commit_args(const at::Tensor& x, const at::Tensor& token, const at::Tensor& select,
                               int64_t mask_id) {
   const char* op = "commit_";
-  TORCH_CHECK(x.dim() == 2, "dmkernels.commit_: x must be 2-D [B, L], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2, "dmkernels.commit_: x must be 2-D [B, L], got shape ", x.sizes());
   check_dtype(op, "x", x, {at::kLong, at::kInt});
   check_dtype(op, "token", token, {at::kLong, at::kInt});
   check_dtype(op, "select", select, {at::kBool});
@@ -186,8 +189,8 @@ inline void check_commit_args(const at::Tensor& x, const at::Tensor& token, cons
   check_same_device(op, "select", select, x, "x");
   check_shape(op, "token", token, x.sizes(), "x.shape");
   check_shape(op, "select", select, x.sizes(), "x.shape");
-  TORCH_CHECK(mask_id >= 0, "dmkernels.commit_: mask_id must be >= 0, got ", mask_id);
-  TORCH_CHECK(x.scalar_type() == at::kLong || mask_id <= std::numeric_limits<int32_t>::max(),
+  TORCH_CHECK_VALUE(mask_id >= 0, "dmkernels.commit_: mask_id must be >= 0, got ", mask_id);
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kLong || mask_id <= std::numeric_limits<int32_t>::max(),
               "dmkernels.commit_: mask_id = ", mask_id, " does not fit x's dtype int32");
   // Elements of x sharing memory would be written by several positions at once.
   TORCH_CHECK_VALUE(at::has_internal_overlap(x) != at::MemOverlap::Yes,

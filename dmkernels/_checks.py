@@ -1,7 +1,10 @@
-"""Argument checks of the public ops. Every message names the op and the argument.
+"""Argument checks of the ops. Every message names the op and the argument; a
+wrong type or dtype is a TypeError, any other bad argument a ValueError.
 
-The compiled kernels check the same things again (csrc/checks.h), because
-torch.ops.dmkernels.* can be called without these wrappers.
+Each op's checks are composed from these in dmkernels/_registry.py and run by the
+public wrappers, the Triton ops and the reference path alike. The compiled
+kernels check the same things with the same exception types (csrc/checks.h),
+because torch.ops.dmkernels.* can be called without the wrappers.
 """
 from __future__ import annotations
 

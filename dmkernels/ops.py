@@ -1,9 +1,12 @@
-"""The public ops: argument checks, then the compiled kernel for the tensor's
-device (``torch.ops.dmkernels.*``), or the PyTorch reference where there is none.
+"""The public ops: the wrapper's own arguments (Python ints for tensors, a drawn
+seed), the registry's checks of the op's arguments (dmkernels/_registry.py, the
+same on every backend), then the compiled kernel for the tensor's device
+(``torch.ops.dmkernels.*``), Triton, or the PyTorch reference.
 
 No op reads a tensor's values on the host or allocates anything the size of the
 logits (the reference fallback does; it warns once). Semantics live in
-dmkernels/reference/, one file per op; schemas in csrc/ops.cpp.
+dmkernels/reference/, one file per op; schemas in dmkernels/_registry.py (and
+csrc/ops.cpp for the compiled library).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 from . import _checks as check
 from . import _extension
 from . import triton as _triton
+from ._registry import OPS as _SPECS
 from .reference import (
     TokenStats,
     commit_reference,
@@ -25,21 +29,10 @@ from .reference import (
     select_topk_reference,
     token_stats_reference,
 )
-from .reference.token_stats_partial import MAX_COLUMNS, token_stats_partial_reference
+from .reference.token_stats_partial import token_stats_partial_reference
 
-__all__ = [
-    "TokenStats",
-    "backends",
-    "commit_",
-    "dilated_groups",
-    "select_entropy_bounded",
-    "select_factor",
-    "select_group",
-    "select_threshold",
-    "select_topk",
-    "token_stats",
-    "token_stats_partial",
-]
+# One public function per op of the registry (dmkernels/_registry.py), same name.
+__all__ = ["TokenStats", "backends", "dilated_groups", *_SPECS]
 
 
 BACKENDS = ("native", "triton", "reference")
@@ -71,15 +64,25 @@ def _choose(op: str, device: torch.device, backend: str | None) -> str:
     return backend
 
 
-def _run(op: str, device: torch.device, backend: str | None, args: tuple, reference):
-    """Run ``op`` on the chosen backend: ``torch.ops.dmkernels.<op>`` (native),
-    ``torch.ops.dmkernels_triton.<op>``, or ``reference(*args)``."""
+def _run(op: str, device: torch.device, backend: str | None, args: tuple):
+    """Check the raw arguments of ``op`` (the registry's checks, the same on every
+    backend), then run it on the chosen backend: ``torch.ops.dmkernels.<op>``
+    (native), ``torch.ops.dmkernels_triton.<op>``, or its reference (looked up
+    here by name at call time)."""
+    spec = _SPECS[op]
+    args = spec.check(*args)
     chosen = _choose(op, device, backend)
     if chosen == "native":
         return getattr(torch.ops.dmkernels, op)(*args)
     if chosen == "triton":
         return getattr(torch.ops.dmkernels_triton, op)(*args)
-    return reference(*args)
+    return spec.call_reference(globals()[spec.reference], args)
+
+
+def _device(t) -> torch.device:
+    """The device a call runs on (its first tensor's); a non-tensor there is
+    named by the registry's check, which runs before the backend is chosen."""
+    return t.device if isinstance(t, torch.Tensor) else torch.device("cpu")
 
 
 def backends() -> dict[str, str]:
@@ -95,40 +98,24 @@ def backends() -> dict[str, str]:
     return {"cpu": cpu, "cuda": cuda, "triton": _triton.REASON, "reference": "available"}
 
 
-def _check_token_stats(op, logits, temperature, seed, offset, positions, tempered_scores, rng):
-    """Arguments shared by token_stats and token_stats_partial, checked and normalised."""
-    logits = check.logits(op, logits)
+def _seed_and_rng(op, logits, temperature, seed, offset, rng):
+    """The wrapper's part of token_stats(_partial): ``seed=None`` drawn from torch's
+    generator (as an ``rng`` tensor under torch.compile); the rest is the
+    registry's check of the raw arguments."""
+    check.logits(op, logits)
     temperature = check.temperature(op, temperature)
-    offset = check.integer(op, "offset", offset, minimum=0)
     if rng is None and seed is None and temperature > 0 and torch.compiler.is_compiling():
         # .item() would be a data-dependent value the graph cannot hold: draw the
         # seed as a tensor on the logits' device and pass it as rng (torch's RNG
         # still governs it, though compiled code draws other values than eager).
+        offset = check.integer(op, "offset", offset, minimum=0)
         drawn = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=logits.device)
         rng = torch.cat((drawn, torch.full((1,), offset, dtype=torch.int64, device=logits.device)))
-    if rng is not None:
-        rng = check.tensor(op, "rng", rng)
-        check.same_device(op, "rng", rng, logits, "logits")
-        check.dtype(op, "rng", rng, (torch.int64,))
-        check.shape(op, "rng", rng, (2,), "(seed, offset)")
-        seed = 0 if seed is None else seed  # unused: rng wins
+    if rng is not None and seed is None:
+        seed = 0  # unused: rng wins
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item()) if temperature > 0 else 0
-    seed = check.integer(op, "seed", seed, minimum=0)
-    if positions is not None:
-        positions = check.tensor(op, "positions", positions)
-        check.same_device(op, "positions", positions, logits, "logits")
-        check.dtype(op, "positions", positions, (torch.bool,))
-        check.shape(op, "positions", positions, logits.shape[:-1], "logits.shape[:-1]")
-    return logits, temperature, seed, offset, positions, bool(tempered_scores), rng
-
-
-def _rng_values(op: str, rng: torch.Tensor) -> tuple[int, int]:
-    """(seed, offset) of an rng tensor, read on the host (reference path only)."""
-    seed, offset = (int(v) for v in rng.tolist())
-    if seed < 0 or offset < 0:
-        check.fail(op, f"rng must hold (seed, offset) >= 0, got {(seed, offset)}")
-    return seed, offset
+    return temperature, seed, rng
 
 
 def token_stats(
@@ -189,16 +176,9 @@ def token_stats(
     token -1 and NaN scores; commit_ never writes token -1.
     """
     op = "token_stats"
-    logits, temperature, seed, offset, positions, tempered_scores, rng = _check_token_stats(
-        op, logits, temperature, seed, offset, positions, tempered_scores, rng)
-    def reference(logits, temperature, seed, offset, tempered_scores, positions, rng=None):
-        if rng is not None:  # the reference reads it on the host
-            seed, offset = _rng_values(op, rng)
-        return token_stats_reference(logits, temperature=temperature, seed=seed, offset=offset,
-                                     positions=positions, tempered_scores=tempered_scores)
-
+    temperature, seed, rng = _seed_and_rng(op, logits, temperature, seed, offset, rng)
     args = (logits, temperature, seed, offset, tempered_scores, positions) + (() if rng is None else (rng,))
-    return TokenStats(*_run(op, logits.device, backend, args, reference))
+    return TokenStats(*_run(op, logits.device, backend, args))
 
 
 def token_stats_partial(
@@ -227,63 +207,40 @@ def token_stats_partial(
     worker's rows keep their global noise). The other arguments are token_stats's.
     """
     op = "token_stats_partial"
-    logits, temperature, seed, offset, positions, tempered_scores, rng = _check_token_stats(
-        op, logits, temperature, seed, offset, positions, tempered_scores, rng)
-    vocab_start = check.integer(op, "vocab_start", vocab_start, minimum=0)
-    row_offset = check.integer(op, "row_offset", row_offset, minimum=0)
-    if vocab_start + logits.shape[-1] > MAX_COLUMNS:
-        check.fail(op, f"vocab_start + V = {vocab_start + logits.shape[-1]} exceeds 2**24")
-    if row_offset + logits.numel() // logits.shape[-1] > 2**32:
-        check.fail(op, "row_offset + rows exceeds 2**32")
-
-    def reference(logits, temperature, seed, offset, tempered_scores, positions, rng, vocab_start, row_offset):
-        if rng is not None:
-            seed, offset = _rng_values(op, rng)
-        return token_stats_partial_reference(logits, temperature=temperature, seed=seed, offset=offset,
-                                             positions=positions, tempered_scores=tempered_scores,
-                                             vocab_start=vocab_start, row_offset=row_offset)
-
+    temperature, seed, rng = _seed_and_rng(op, logits, temperature, seed, offset, rng)
     args = (logits, temperature, seed, offset, tempered_scores, positions, rng, vocab_start, row_offset)
-    return _run(op, logits.device, backend, args, reference)
+    return _run(op, logits.device, backend, args)
 
 
-def _k_tensor(op: str, k, scores: torch.Tensor) -> torch.Tensor:
+def _k_tensor(op: str, k, scores) -> torch.Tensor:
+    """A Python int k becomes a [B] tensor on the scores' device (any int: the
+    kernels clamp k to [0, #eligible], as for a tensor)."""
     if isinstance(k, int) and not isinstance(k, bool):
-        check.integer(op, "k", k, minimum=0)
+        k = check.integer(op, "k", k, minimum=-(2**63))
+        check.scores_2d(op, "scores", scores)
         return torch.full((scores.shape[0],), k, dtype=torch.int64, device=scores.device)
-    k = check.tensor(op, "k", k)
-    check.same_device(op, "k", k, scores, "scores")
-    check.dtype(op, "k", k, check.INDEX_DTYPES)
-    check.shape(op, "k", k, (scores.shape[0],), "one count per row of scores")
     return k
 
 
 def select_topk(
     scores: torch.Tensor, k: torch.Tensor | int, eligible: torch.Tensor, *, backend: str | None = None
 ) -> torch.Tensor:
-    """Per row, exactly ``min(k[b], eligible[b].sum())`` eligible positions with the
-    highest scores; ties to the lowest index, NaN scores after every number.
+    """Per row, exactly ``clamp(k[b], 0, eligible[b].sum())`` eligible positions with
+    the highest scores; ties to the lowest index, NaN scores after every number.
 
     Parameters
     ----------
     scores : float Tensor [B, L]
-    k : int Tensor [B] on the scores' device (or a Python int for every row)
+    k : int Tensor [B] on the scores' device (or a Python int for every row).
+        A negative k selects nothing, on every backend: k is never read on the
+        host, so the rule needs no sync (it is not an error anywhere).
     eligible : bool Tensor [B, L]
 
     Returns
     -------
     bool Tensor [B, L]
     """
-    op = "select_topk"
-    scores = check.scores_2d(op, "scores", scores)
-    eligible = check.eligible(op, eligible, scores, "scores")
-    k = _k_tensor(op, k, scores)
-    def reference(scores, k, eligible):
-        if k.device.type == "cpu" and k.numel() and int(k.min()) < 0:  # free on the CPU; a sync elsewhere
-            check.fail(op, f"k must be >= 0, got k = {k.tolist()}")
-        return select_topk_reference(scores, k, eligible)
-
-    return _run(op, scores.device, backend, (scores, k, eligible), reference)  # the CPU kernel checks k >= 0
+    return _run("select_topk", _device(scores), backend, (scores, _k_tensor("select_topk", k, scores), eligible))
 
 
 def select_threshold(
@@ -294,11 +251,7 @@ def select_threshold(
 
     Returns a bool Tensor [B, L].
     """
-    op = "select_threshold"
-    scores = check.scores_2d(op, "scores", scores)
-    eligible = check.eligible(op, eligible, scores, "scores")
-    threshold = check.number(op, "threshold", threshold)
-    return _run(op, scores.device, backend, (scores, eligible, threshold), select_threshold_reference)
+    return _run("select_threshold", _device(scores), backend, (scores, eligible, threshold))
 
 
 def select_factor(
@@ -310,11 +263,7 @@ def select_factor(
 
     Returns a bool Tensor [B, L].
     """
-    op = "select_factor"
-    scores = check.scores_2d(op, "scores", scores)
-    eligible = check.eligible(op, eligible, scores, "scores")
-    factor = check.number(op, "factor", factor)
-    return _run(op, scores.device, backend, (scores, eligible, factor), select_factor_reference)
+    return _run("select_factor", _device(scores), backend, (scores, eligible, factor))
 
 
 def select_entropy_bounded(
@@ -326,15 +275,7 @@ def select_entropy_bounded(
 
     Returns a bool Tensor [B, L].
     """
-    op = "select_entropy_bounded"
-    error = check.scores_2d(op, "error", error)
-    entropy = check.scores_2d(op, "entropy", entropy)
-    check.same_device(op, "entropy", entropy, error, "error")
-    check.shape(op, "entropy", entropy, error.shape, "error.shape")
-    eligible = check.eligible(op, eligible, error, "error")
-    gamma = check.number(op, "gamma", gamma)
-    args = (error, entropy, eligible, gamma)
-    return _run(op, error.device, backend, args, select_entropy_bounded_reference)
+    return _run("select_entropy_bounded", _device(error), backend, (error, entropy, eligible, gamma))
 
 
 def dilated_groups(block_length: int, base: int = 2, *, device: torch.device | str | None = None) -> torch.Tensor:
@@ -366,28 +307,13 @@ def select_group(
     step : int, or int Tensor [] or [B] on the device (for graph capture)
     """
     op = "select_group"
-    eligible = check.tensor(op, "eligible", eligible)
-    if eligible.dim() != 2:
-        check.fail(op, f"eligible must be 2-D [B, L], got shape {list(eligible.shape)}")
-    check.dtype(op, "eligible", eligible, (torch.bool,))
-    groups = check.tensor(op, "groups", groups)
-    check.same_device(op, "groups", groups, eligible, "eligible")
-    check.dtype(op, "groups", groups, check.INDEX_DTYPES)
-    B, L = eligible.shape
-    if tuple(groups.shape) not in ((L,), (B, L)):
-        check.fail(op, f"groups must have shape [L] or [B, L] = {[B, L]}, got {list(groups.shape)}")
     if not isinstance(step, torch.Tensor):
         # A host step must be a group index: a float, str or bool is a caller's mistake.
         if isinstance(step, bool) or not isinstance(step, int):
             check.fail(op, f"step must be an int >= 0 or an int tensor, got {type(step).__name__}", TypeError)
         step = check.integer(op, "step", step, minimum=0)
-        step = torch.full((), step, dtype=torch.int64, device=eligible.device)
-    step = check.tensor(op, "step", step)
-    check.same_device(op, "step", step, eligible, "eligible")
-    check.dtype(op, "step", step, check.INDEX_DTYPES)
-    if step.dim() != 0 and tuple(step.shape) != (B,):
-        check.fail(op, f"step must be a scalar or have shape [B] = [{B}], got {list(step.shape)}")
-    return _run(op, eligible.device, backend, (eligible, groups, step), select_group_reference)
+        step = torch.full((), step, dtype=torch.int64, device=_device(eligible))
+    return _run(op, _device(eligible), backend, (eligible, groups, step))
 
 
 def commit_(
@@ -423,25 +349,9 @@ def commit_(
     remaining : int64 Tensor [B], masks left per row, on the device
     """
     op = "commit_"
-    x = check.tensor(op, "x", x)
-    if x.dim() != 2:
-        check.fail(op, f"x must be 2-D [B, L], got shape {list(x.shape)}")
-    check.dtype(op, "x", x, check.INDEX_DTYPES)
-    check.no_internal_overlap(op, "x", x)
-    for name, t, dtypes in (("token", token, check.INDEX_DTYPES), ("select", select, (torch.bool,))):
-        check.tensor(op, name, t)
-        check.same_device(op, name, t, x, "x")
-        check.dtype(op, name, t, dtypes)
-        check.shape(op, name, t, x.shape, "x.shape")
-    mask_id = check.integer(op, "mask_id", mask_id, minimum=0)
     if vocab_size is not None:
         vocab_size = check.integer(op, "vocab_size", vocab_size, minimum=1)
+        mask_id = check.integer(op, "mask_id", mask_id, minimum=0)
         if mask_id >= vocab_size:
             check.fail(op, f"mask_id = {mask_id} is outside the vocabulary [0, {vocab_size})")
-    if x.dtype == torch.int32 and mask_id > 2**31 - 1:
-        check.fail(op, f"mask_id = {mask_id} does not fit x's dtype int32")
-    def reference(x, token, select, mask_id):
-        check.tokens_fit_int32(op, x, token, select)  # the CPU kernel checks the same
-        return commit_reference(x, token, select, mask_id)
-
-    return _run(op, x.device, backend, (x, token, select, mask_id), reference)
+    return _run(op, _device(x), backend, (x, token, select, mask_id))

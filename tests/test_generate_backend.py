@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 import dmkernels
-from dmkernels import _extension, ops
+from dmkernels import _extension, _registry, ops
 from dmkernels import distributed as D
 from dmkernels import policies as P
 from dmkernels import triton as dmtriton
@@ -24,18 +24,9 @@ from dmkernels.schedules import DreamTimesteps
 V = 23
 MASK = V - 1
 
-OPS = ("token_stats", "token_stats_partial", "select_topk", "select_threshold", "select_factor",
-       "select_entropy_bounded", "select_group", "commit_")
-REFERENCES = {
-    "token_stats": "token_stats_reference",
-    "token_stats_partial": "token_stats_partial_reference",
-    "select_topk": "select_topk_reference",
-    "select_threshold": "select_threshold_reference",
-    "select_factor": "select_factor_reference",
-    "select_entropy_bounded": "select_entropy_bounded_reference",
-    "select_group": "select_group_reference",
-    "commit_": "commit_reference",
-}
+# Every op of the registry, and the reference dmkernels.ops dispatches to for it.
+OPS = tuple(_registry.OPS)
+REFERENCES = {op: spec.reference for op, spec in _registry.OPS.items()}
 
 
 def _available() -> list[str]:

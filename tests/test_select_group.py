@@ -1,4 +1,4 @@
-"""dilated_groups (DUS order) and select_group against its reference."""
+"""dilated_groups (DUS order), and select_group on every backend against its reference."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +7,8 @@ import torch
 import dmkernels
 from dmkernels.reference import select_group_reference
 
-from conftest import requires_extension
 from helpers import random_eligible
+from selection_cases import same, strided
 
 
 def test_dilated_groups_block_32_base_2():
@@ -40,32 +40,51 @@ def test_dilated_groups_partition_coarse_to_fine(block_length, base):
     assert gaps == sorted(gaps, reverse=True)
 
 
-@requires_extension
-@pytest.mark.parametrize("B,L", [(1, 1), (4, 32), (3, 20), (6, 64)])
-def test_select_group_matches_reference(B, L):
+@pytest.mark.parametrize("B,L", [(1, 1), (4, 32), (3, 20), (6, 64), (5, 33), (4, 100)])
+def test_select_group_matches_reference(backend, B, L):
     groups = dmkernels.dilated_groups(L)
     eligible = random_eligible(B, L)
     if B > 1:
         eligible[1] = False
+    if B > 2:
+        eligible[2] = False
+        eligible[2, L - 1] = True
     n_groups = int(groups.max()) + 1
-    for step in range(n_groups + 1):
-        ours = dmkernels.select_group(eligible, groups, step)
-        assert torch.equal(ours, select_group_reference(eligible, groups, torch.tensor(step)))
-        assert torch.equal(ours.any(-1), eligible.any(-1))
-    per_row_step = torch.randint(0, n_groups, (B,), dtype=torch.int32)
-    per_row_groups = torch.stack([groups.roll(b) for b in range(B)])
-    ours = dmkernels.select_group(eligible, per_row_groups, per_row_step)
-    assert torch.equal(ours, select_group_reference(eligible, per_row_groups, per_row_step))
+    for step in range(n_groups + 1):  # a host int step
+        ours = backend.call("select_group", eligible, groups, step)
+        same(ours, select_group_reference(eligible, groups, torch.tensor(step)))
+        assert torch.equal(ours.cpu().any(-1), eligible.any(-1))
+    for index_dtype in (torch.int64, torch.int32):
+        for g in (groups, torch.stack([groups.roll(b) for b in range(B)]), torch.randint(-1, 6, (B, L))):
+            g = g.to(index_dtype)
+            for step in (torch.tensor(0), torch.tensor(n_groups + 2), torch.randint(-2, n_groups + 1, (B,))):
+                step = step.to(index_dtype)
+                same(backend.call("select_group", eligible, g, step), select_group_reference(eligible, g, step))
 
 
-@requires_extension
-def test_select_group_walks_a_block_in_dus_order():
+def test_select_group_non_contiguous(backend):
+    eligible = random_eligible(4, 60)
+    groups = torch.randint(0, 5, (60, 8)).t()[:4]  # [B, L], strided
+    step = torch.randint(0, 4, (8,))[::2]
+    _, e = strided(torch.zeros(4, 60), eligible)
+    same(backend.call("select_group", e, groups, step), select_group_reference(eligible, groups, step))
+    g1 = dmkernels.dilated_groups(120)[::2]  # [L], stride 2
+    same(backend.call("select_group", e, g1, torch.tensor(1)), select_group_reference(eligible, g1, torch.tensor(1)))
+
+
+def test_select_group_empty(backend):
+    for B, L in ((0, 5), (3, 0)):
+        out = backend.call("select_group", torch.ones(B, L, dtype=torch.bool), torch.zeros(L, dtype=torch.int64), 0)
+        assert out.shape == (B, L)
+
+
+def test_select_group_walks_a_block_in_dus_order(backend):
     L = 16
     groups = dmkernels.dilated_groups(L)
     x = torch.full((1, L), 99)
     steps = 0
     while (x == 99).any():
-        select = dmkernels.select_group(x == 99, groups, steps)
+        select = backend.call("select_group", x == 99, groups, steps).cpu()
         newly = torch.nonzero(select[0]).flatten().tolist()
         assert newly == torch.nonzero(groups == steps).flatten().tolist()
         x[select] = 1
@@ -73,11 +92,10 @@ def test_select_group_walks_a_block_in_dus_order():
     assert steps == int(groups.max()) + 1
 
 
-@requires_extension
-def test_select_group_catches_up_on_skipped_groups():
+def test_select_group_catches_up_on_skipped_groups(backend):
     groups = dmkernels.dilated_groups(8)  # groups: {0,4}, {2,6}, odds
     eligible = torch.ones(1, 8, dtype=torch.bool)
-    assert dmkernels.select_group(eligible, groups, 1).nonzero()[:, 1].tolist() == [0, 2, 4, 6]
+    assert backend.call("select_group", eligible, groups, 1).cpu().nonzero()[:, 1].tolist() == [0, 2, 4, 6]
     # Nothing eligible in groups <= 0: the first non-empty group is taken.
     eligible = torch.tensor([[False, True, False, True, False, True, False, True]])
-    assert dmkernels.select_group(eligible, groups, 0).nonzero()[:, 1].tolist() == [1, 3, 5, 7]
+    assert backend.call("select_group", eligible, groups, 0).cpu().nonzero()[:, 1].tolist() == [1, 3, 5, 7]

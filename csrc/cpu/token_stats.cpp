@@ -387,7 +387,7 @@ void read_rng(const char* op, const std::optional<at::Tensor>& rng, int64_t& see
   const at::Tensor r = rng->contiguous();
   seed = r.const_data_ptr<int64_t>()[0];
   offset = r.const_data_ptr<int64_t>()[1];
-  TORCH_CHECK(seed >= 0 && offset >= 0, "dmkernels.", op, ": rng must hold (seed, offset) >= 0, got (", seed,
+  TORCH_CHECK_VALUE(seed >= 0 && offset >= 0, "dmkernels.", op, ": rng must hold (seed, offset) >= 0, got (", seed,
               ", ", offset, ")");
 }
 

@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   int64_t n = 0;
   for (int64_t i = threadIdx.x; i < L; i += blockDim.x) n += eligible.at(b, i);
   n = block_sum(n, scratch);
-  const int64_t want = k[b] < n ? k[b] : n;
+  const int64_t want = k[b] < 0 ? 0 : (k[b] < n ? k[b] : n);  // negative k: nothing (every backend)
   uint64_t prefix = 0, prefix_mask = 0;
   int64_t remaining = want;
   if (want > 0 && want < n) {

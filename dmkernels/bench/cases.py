@@ -23,10 +23,11 @@ import torch
 import dmkernels
 from dmkernels import reference
 from dmkernels.bench import baselines
+from dmkernels.constants import DREAM_VOCAB_SIZE, LLADA_MASK_ID, LLADA_VOCAB_SIZE
+from dmkernels.reference.token_stats_partial import token_stats_partial_reference
 
-LLADA_VOCAB = 126464
-LLADA_MASK_ID = 126336
-DREAM_VOCAB = 152064
+LLADA_VOCAB = LLADA_VOCAB_SIZE
+DREAM_VOCAB = DREAM_VOCAB_SIZE
 SEED = 1234  # fixed noise seed for our sampler: no host-side draw per call
 
 _SHORT_DTYPE = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -181,8 +182,8 @@ class SelectCommitCase(Case):
     per-row loops (LLaDA top-k, Fast-dLLM factor, EB-Sampler) or Fast-dLLM's
     vectorised threshold, each followed by ``x[transfer] = x0[transfer]``."""
 
-    rule: str = "topk"  # topk | threshold | factor | entropy_bounded
-    parameter: float = 0.0  # threshold, factor or gamma
+    rule: str = "topk"  # topk | threshold | factor | entropy_bounded | group
+    parameter: float = 0.0  # threshold, factor or gamma; the step for group
 
     def _build(self, device):
         B, L = self.shape
@@ -207,6 +208,8 @@ class SelectCommitCase(Case):
             "factor": lambda: reference.select_factor_reference(confidence, eligible, self.parameter),
             "entropy_bounded": lambda: reference.select_entropy_bounded_reference(
                 entropy, entropy, eligible, self.parameter),
+            "group": lambda: reference.select_group_reference(
+                eligible, _groups(canvas), torch.tensor(int(self.parameter), device=canvas.device)),
         }[self.rule]()
         x = canvas.clone()
         reference.commit_reference(x, x0, chosen, LLADA_MASK_ID)
@@ -222,6 +225,8 @@ class SelectCommitCase(Case):
             chosen = dmkernels.select_threshold(i["confidence"], eligible, self.parameter)
         elif self.rule == "factor":
             chosen = dmkernels.select_factor(i["confidence"], eligible, self.parameter)
+        elif self.rule == "group":
+            chosen = dmkernels.select_group(eligible, _groups(x), int(self.parameter))
         else:  # EB-Sampler with entropy as its error proxy
             chosen = dmkernels.select_entropy_bounded(i["entropy"], i["entropy"], eligible, self.parameter)
         dmkernels.commit_(x, i["x0"], chosen, LLADA_MASK_ID)
@@ -237,6 +242,9 @@ class SelectCommitCase(Case):
             transfer = baselines.threshold_transfer(i["confidence"], mask_index, self.parameter)
         elif self.rule == "factor":
             transfer = baselines.factor_transfer(i["confidence"], mask_index, self.parameter)
+        elif self.rule == "group":  # no public loop to compare with: the PyTorch reference
+            transfer = reference.select_group_reference(
+                mask_index, _groups(x), torch.tensor(int(self.parameter), device=x.device))
         else:
             transfer = baselines.entropy_bounded_transfer(i["entropy"], i["entropy"], mask_index, self.parameter)
         baselines.write_transfer(x, i["x0"], transfer, LLADA_MASK_ID)
@@ -244,6 +252,38 @@ class SelectCommitCase(Case):
 
     def mismatch(self, side, out):
         return _compare("canvas after commit", out, self.inputs["expected"])
+
+
+def _groups(canvas: torch.Tensor) -> torch.Tensor:
+    """DUS groups of 32-position blocks over the canvas's length (a constant)."""
+    L = canvas.shape[1]
+    return dmkernels.dilated_groups(32, device=canvas.device).repeat((L + 31) // 32)[:L]
+
+
+@dataclass
+class TokenStatsPartialCase(Case):
+    """``token_stats_partial`` of one tensor-parallel rank's vocabulary slice (the
+    second half of LLaDA's vocabulary) against the PyTorch reference of the same op
+    (there is no public baseline: the public samplers gather the whole logits)."""
+
+    def _build(self, device):
+        logits = random_logits(self.shape, self.dtype, device)
+        return {"logits": logits, "vocab_start": LLADA_VOCAB - self.shape[-1],
+                "argmax": torch.argmax(logits, dim=-1) + (LLADA_VOCAB - self.shape[-1])}
+
+    def run_ours(self):
+        return dmkernels.token_stats_partial(self.inputs["logits"], vocab_start=self.inputs["vocab_start"],
+                                             temperature=self.temperature, seed=SEED)
+
+    def run_baseline(self):
+        return token_stats_partial_reference(
+            self.inputs["logits"], vocab_start=self.inputs["vocab_start"], temperature=self.temperature, seed=SEED)
+
+    def mismatch(self, side, out):
+        token = out[..., 5]  # the global column of the slice's token (reference/token_stats_partial.py)
+        if self.temperature == 0:
+            return _compare("tokens", token.to(torch.int64), self.inputs["argmax"])
+        return _tokens_in_range(token.to(torch.int64), LLADA_VOCAB)
 
 
 def _name(kind: str, shape, dtype, temperature) -> str:
@@ -280,6 +320,9 @@ def all_cases() -> list[Case]:
         _select_case("threshold", "threshold_transfer", 0.9),
         _select_case("factor", "factor_transfer", 1.0),
         _select_case("entropy_bounded", "entropy_bounded_transfer", 1.0),
+        _select_case("group", "reference", 2),
+        TokenStatsPartialCase(_name("token_stats_partial", (2, 32, LLADA_VOCAB // 2), torch.bfloat16, 0.0),
+                              "token_stats_partial", "reference", (2, 32, LLADA_VOCAB // 2), torch.bfloat16),
         # LLaDA-size logits: 0.52 GB ([1, 1024]) and 1.04 GB ([8, 256]) of float32;
         # LLaDA's float64 step takes 5-60 s and up to 10 GB, so it runs once.
         _llada_case((1, 1024, LLADA_VOCAB), 0.0, large=True),

@@ -32,6 +32,8 @@ def dilated_groups_reference(block_length: int, base: int = 2, device=None) -> t
 
 def select_group_reference(eligible: torch.Tensor, groups: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """Eligible positions with group <= step, or with the first group that still has one."""
+    if eligible.shape[-1] == 0:  # no positions (min over an empty row is an error)
+        return eligible.clone()
     groups = groups.to(torch.int64).expand_as(eligible)
     step = step.to(torch.int64).reshape(-1, 1).expand(eligible.shape[0], 1)
     big = torch.iinfo(torch.int64).max

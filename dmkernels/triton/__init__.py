@@ -2,8 +2,9 @@
 are not built, and a second implementation to check them against).
 
 Each op is a ``torch.library.custom_op`` in the ``dmkernels_triton`` namespace
-with a fake implementation, taking the same positional arguments as the
-``torch.ops.dmkernels`` schema in csrc/ops.cpp. On a machine without a GPU they
+defined by ``dmkernels._registry.triton_op``: the registry's schema (the same as
+``torch.ops.dmkernels``), fake and argument checks; a module here only writes
+the kernels and their launch. On a machine without a GPU they
 run under the Triton interpreter (``TRITON_INTERPRET=1``, set before triton is
 imported) on CPU tensors, which is how CI tests them.
 """
@@ -16,16 +17,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the machine
     AVAILABLE, REASON = False, f"triton is not installed ({exc})"
 
-OPS = (
-    "token_stats",
-    "token_stats_partial",
-    "select_topk",
-    "select_threshold",
-    "select_factor",
-    "select_entropy_bounded",
-    "select_group",
-    "commit_",
-)
+from .._registry import OPS as _SPECS
+
+OPS = tuple(_SPECS)
 
 
 def load() -> None:

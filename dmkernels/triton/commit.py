@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _checks as check
+from .._registry import triton_op
 from .select import block_size, num_warps, on_device, poison_outputs
 
 __all__ = ["commit_"]
@@ -42,24 +42,11 @@ def _commit_kernel(
     tl.store(remaining_ptr + row, left)
 
 
-@torch.library.custom_op("dmkernels_triton::commit_", mutates_args=("x",))
+@triton_op("commit_")
 def commit_(
     x: torch.Tensor, token: torch.Tensor, select: torch.Tensor, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write token where select and x == mask_id; returns (changed, remaining)."""
-    op = "commit_"
-    if x.dim() != 2:
-        check.fail(op, f"x must be 2-D [B, L], got shape {list(x.shape)}")
-    check.dtype(op, "x", x, check.INDEX_DTYPES)
-    check.no_internal_overlap(op, "x", x)
-    for name, t, dtypes in (("token", token, check.INDEX_DTYPES), ("select", select, (torch.bool,))):
-        check.same_device(op, name, t, x, "x")
-        check.dtype(op, name, t, dtypes)
-        check.shape(op, name, t, x.shape, "x.shape")
-    mask_id = check.integer(op, "mask_id", mask_id, minimum=0)
-    if x.dtype == torch.int32 and mask_id > 2**31 - 1:
-        check.fail(op, f"mask_id = {mask_id} does not fit x's dtype int32")
-    check.tokens_fit_int32(op, x, token, select)  # CPU tensors (the interpreter) only: free there
     B, L = x.shape
     changed = torch.empty((B, L), dtype=torch.bool, device=x.device)
     remaining = torch.empty((B,), dtype=torch.int64, device=x.device)
@@ -78,7 +65,3 @@ def commit_(
             )
     return changed, remaining
 
-
-@commit_.register_fake
-def _commit_fake(x, token, select, mask_id):
-    return select.new_empty(x.shape, dtype=torch.bool), x.new_empty((x.shape[0],), dtype=torch.int64)

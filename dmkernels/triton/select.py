@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _checks as check
+from .._registry import triton_op
 
 __all__ = [
     "select_entropy_bounded",
@@ -87,15 +87,6 @@ def _new_selection(eligible: torch.Tensor) -> torch.Tensor:
     if poison_outputs():
         out.fill_(True)
     return out
-
-
-def _fake_selection(eligible: torch.Tensor) -> torch.Tensor:
-    return eligible.new_empty(eligible.shape, dtype=torch.bool)
-
-
-def _check_scores(op: str, name: str, scores: torch.Tensor, eligible: torch.Tensor) -> None:
-    check.scores_2d(op, name, scores)
-    check.eligible(op, eligible, scores, name)
 
 
 # ---------------------------------------------------------------------------
@@ -417,14 +408,9 @@ def _group_kernel(
 # ---------------------------------------------------------------------------
 
 
-@torch.library.custom_op("dmkernels_triton::select_topk", mutates_args=())
+@triton_op("select_topk")
 def select_topk(scores: torch.Tensor, k: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
-    """min(k[b], #eligible) best eligible positions per row (k < 0 selects none)."""
-    op = "select_topk"
-    _check_scores(op, "scores", scores, eligible)
-    check.same_device(op, "k", k, scores, "scores")
-    check.dtype(op, "k", k, check.INDEX_DTYPES)
-    check.shape(op, "k", k, (scores.shape[0],), "one count per row of scores")
+    """clamp(k[b], 0, #eligible) best eligible positions per row."""
     out = _new_selection(eligible)
     B, L = scores.shape
     if out.numel():
@@ -438,12 +424,9 @@ def select_topk(scores: torch.Tensor, k: torch.Tensor, eligible: torch.Tensor) -
     return out
 
 
-@torch.library.custom_op("dmkernels_triton::select_threshold", mutates_args=())
+@triton_op("select_threshold")
 def select_threshold(scores: torch.Tensor, eligible: torch.Tensor, threshold: float) -> torch.Tensor:
     """Eligible positions with score >= threshold (float64), plus the best one."""
-    op = "select_threshold"
-    _check_scores(op, "scores", scores, eligible)
-    threshold = check.number(op, "threshold", threshold)
     out = _new_selection(eligible)
     B, L = scores.shape
     if out.numel():
@@ -456,12 +439,9 @@ def select_threshold(scores: torch.Tensor, eligible: torch.Tensor, threshold: fl
     return out
 
 
-@torch.library.custom_op("dmkernels_triton::select_factor", mutates_args=())
+@triton_op("select_factor")
 def select_factor(scores: torch.Tensor, eligible: torch.Tensor, factor: float) -> torch.Tensor:
     """Longest prefix of the ranking with (n + 1) * (1 - c_n) <= factor; at least one."""
-    op = "select_factor"
-    _check_scores(op, "scores", scores, eligible)
-    factor = check.number(op, "factor", factor)
     out = _new_selection(eligible)
     B, L = scores.shape
     if out.numel():
@@ -475,18 +455,11 @@ def select_factor(scores: torch.Tensor, eligible: torch.Tensor, factor: float) -
     return out
 
 
-@torch.library.custom_op("dmkernels_triton::select_entropy_bounded", mutates_args=())
+@triton_op("select_entropy_bounded")
 def select_entropy_bounded(
     error: torch.Tensor, entropy: torch.Tensor, eligible: torch.Tensor, gamma: float
 ) -> torch.Tensor:
     """Ascending error; longest prefix with sum(H) - max(H) <= gamma; at least one."""
-    op = "select_entropy_bounded"
-    check.scores_2d(op, "error", error)
-    check.scores_2d(op, "entropy", entropy)
-    check.same_device(op, "entropy", entropy, error, "error")
-    check.shape(op, "entropy", entropy, error.shape, "error.shape")
-    check.eligible(op, eligible, error, "error")
-    gamma = check.number(op, "gamma", gamma)
     out = _new_selection(eligible)
     B, L = error.shape
     if out.numel():
@@ -502,21 +475,10 @@ def select_entropy_bounded(
     return out
 
 
-@torch.library.custom_op("dmkernels_triton::select_group", mutates_args=())
+@triton_op("select_group")
 def select_group(eligible: torch.Tensor, groups: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """Eligible positions with group <= max(step, first group still eligible)."""
-    op = "select_group"
-    if eligible.dim() != 2:
-        check.fail(op, f"eligible must be 2-D [B, L], got shape {list(eligible.shape)}")
-    check.dtype(op, "eligible", eligible, (torch.bool,))
-    for name, t in (("groups", groups), ("step", step)):
-        check.same_device(op, name, t, eligible, "eligible")
-        check.dtype(op, name, t, check.INDEX_DTYPES)
     B, L = eligible.shape
-    if tuple(groups.shape) not in ((L,), (B, L)):
-        check.fail(op, f"groups must have shape [L] or [B, L] = {[B, L]}, got {list(groups.shape)}")
-    if step.dim() != 0 and tuple(step.shape) != (B,):
-        check.fail(op, f"step must be a scalar or have shape [B] = [{B}], got {list(step.shape)}")
     out = _new_selection(eligible)
     if out.numel():
         g_s0, g_s1 = (0, groups.stride(0)) if groups.dim() == 1 else groups.stride()
@@ -529,9 +491,3 @@ def select_group(eligible: torch.Tensor, groups: torch.Tensor, step: torch.Tenso
             )
     return out
 
-
-select_topk.register_fake(lambda scores, k, eligible: _fake_selection(eligible))
-select_threshold.register_fake(lambda scores, eligible, threshold: _fake_selection(eligible))
-select_factor.register_fake(lambda scores, eligible, factor: _fake_selection(eligible))
-select_entropy_bounded.register_fake(lambda error, entropy, eligible, gamma: _fake_selection(eligible))
-select_group.register_fake(lambda eligible, groups, step: _fake_selection(eligible))

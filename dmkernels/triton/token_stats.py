@@ -56,6 +56,7 @@ import triton
 import triton.language as tl
 
 from .. import _checks as check
+from .._registry import triton_op
 from ..reference.token_stats import inverse_temperature, key_scales
 from .noise import GUMBEL_BOUND, gumbel, noise_bits_tile, split_u64
 
@@ -392,34 +393,13 @@ def _lead_layout(logits: torch.Tensor) -> tuple[list[int], list[int]]:
     return [s for s, _ in out], [st for _, st in out]
 
 
-def _check_args(op, logits, temperature, seed, offset, positions, rng):
-    """token_stats' argument checks (shared by token_stats_partial); returns
-    (logits, temperature, seed, offset, rng) normalised."""
-    logits = check.logits(op, logits)
-    temperature = check.temperature(op, temperature)
-    seed = check.integer(op, "seed", seed, minimum=0)
-    offset = check.integer(op, "offset", offset, minimum=0)
-    lead = logits.shape[:-1]
-    rows = logits.numel() // logits.shape[-1]
-    if rows >= 2**31:
+def _check_launch(op, logits):
+    """What only the Triton launch limits (the registry checked the arguments)."""
+    if logits.numel() // logits.shape[-1] >= 2**31:
         check.fail(op, "logits has 2^31 rows or more (the Triton grid limit)")
-    if positions is not None:
-        check.same_device(op, "positions", positions, logits, "logits")
-        check.dtype(op, "positions", positions, (torch.bool,))
-        check.shape(op, "positions", positions, lead, "logits.shape[:-1]")
-    if rng is not None:
-        check.same_device(op, "rng", rng, logits, "logits")
-        check.dtype(op, "rng", rng, (torch.int64,))
-        check.shape(op, "rng", rng, (2,), "(seed, offset)")
-        if rng.device.type == "cpu":  # free to read on the host, as the CPU kernel does
-            rng_seed, rng_offset = (int(v) for v in rng.tolist())
-            if rng_seed < 0 or rng_offset < 0:
-                check.fail(op, f"rng must hold (seed, offset) >= 0, got {(rng_seed, rng_offset)}")
-        rng = rng.contiguous()  # 2 elements
     if logits.device.type == "cpu" and not _interpreting():
         check.fail(op, "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1 before importing "
-                   "dmkernels.triton.token_stats)")
-    return logits, temperature, seed, offset, rng
+                   "dmkernels.triton.token_stats)", RuntimeError)
 
 
 def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, outputs, partial=None):
@@ -484,7 +464,7 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
             )
 
 
-@torch.library.custom_op("dmkernels_triton::token_stats", mutates_args=())
+@triton_op("token_stats")
 def token_stats(
     logits: torch.Tensor,
     temperature: float,
@@ -496,7 +476,8 @@ def token_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """See dmkernels.token_stats. ``rng`` (int64 [2] = seed, offset, on the logits'
     device) overrides ``seed`` and ``offset`` and is read by the kernel, not the host."""
-    logits, temperature, seed, offset, rng = _check_args(_OP, logits, temperature, seed, offset, positions, rng)
+    _check_launch(_OP, logits)
+    rng = rng.contiguous() if rng is not None else None  # 2 elements
     lead = logits.shape[:-1]
     token = torch.empty(lead, dtype=torch.int64, device=logits.device)
     conf, margin, ent = (torch.empty(lead, dtype=torch.float32, device=logits.device) for _ in range(3))
@@ -510,18 +491,10 @@ def token_stats(
     return token, conf, margin, ent
 
 
-@token_stats.register_fake
-def _token_stats_fake(logits, temperature, seed, offset, tempered_scores, positions, rng=None):
-    lead = logits.shape[:-1]
-    scores = [logits.new_empty(lead, dtype=torch.float32) for _ in range(3)]
-    return (logits.new_empty(lead, dtype=torch.int64), *scores)
-
-
 _PARTIAL_OP = "token_stats_partial"
-_MAX_COLUMNS = 1 << 24  # global columns travel as float32
 
 
-@torch.library.custom_op("dmkernels_triton::token_stats_partial", mutates_args=())
+@triton_op("token_stats_partial")
 def token_stats_partial(
     logits: torch.Tensor,
     temperature: float,
@@ -536,16 +509,9 @@ def token_stats_partial(
     """See dmkernels.token_stats_partial: float32 [..., 8] per row for the slice of
     global columns [vocab_start, vocab_start + V), rows drawing the noise of
     row_offset + r. The same kernels as token_stats (PARTIAL mode)."""
-    op = _PARTIAL_OP
-    logits, temperature, seed, offset, rng = _check_args(op, logits, temperature, seed, offset, positions, rng)
-    vocab_start = check.integer(op, "vocab_start", vocab_start, minimum=0)
-    row_offset = check.integer(op, "row_offset", row_offset, minimum=0)
-    V = logits.shape[-1]
-    rows = logits.numel() // V
-    if vocab_start + V > _MAX_COLUMNS:
-        check.fail(op, f"vocab_start + V = {vocab_start + V} exceeds 2**24")
-    if row_offset + rows > 2**32:
-        check.fail(op, "row_offset + rows exceeds 2**32")
+    _check_launch(_PARTIAL_OP, logits)
+    rng = rng.contiguous() if rng is not None else None
+    rows = logits.numel() // logits.shape[-1]
     out = torch.empty((*logits.shape[:-1], 8), dtype=torch.float32, device=logits.device)
     if _poison():
         out.fill_(12345.0)
@@ -553,9 +519,3 @@ def token_stats_partial(
         return out
     _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, (out,), (vocab_start, row_offset))
     return out
-
-
-@token_stats_partial.register_fake
-def _token_stats_partial_fake(logits, temperature, seed, offset, tempered_scores, positions, rng, vocab_start,
-                              row_offset):
-    return logits.new_empty((*logits.shape[:-1], 8), dtype=torch.float32)

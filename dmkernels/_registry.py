@@ -1,0 +1,508 @@
+"""Every dmkernels op, declared once.
+
+An :class:`OpSpec` holds what every backend shares: the schema, the argument
+checks, the fake (meta) implementation, the name of the PyTorch reference, and
+sample inputs for the tests. From it
+
+- ``dmkernels/fake.py`` registers the fakes of ``torch.ops.dmkernels.*``;
+- ``dmkernels/triton/*`` defines ``torch.ops.dmkernels_triton.*`` (schema, fake
+  and checks: a Triton module only writes the kernel, see :func:`triton_op`);
+- ``dmkernels/ops.py`` checks the arguments once and dispatches to a backend;
+- the tests run opcheck, the validation cases and the checklist
+  (tests/test_registry.py) over every op.
+
+The C++ declaration of the same schemas is ``csrc/ops.cpp`` (the compiled
+library cannot read Python); tests/test_registry.py checks that the two agree.
+Adding an op: CONTRIBUTING.md.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import _checks as check
+
+
+@dataclass(frozen=True)
+class Bad:
+    """An invalid call of the raw op: every backend raises ``error`` with all ``words``
+    in the message. ``cpu_only``: the problem is in a tensor's values (read only
+    where that is free) or in its layout (an expand()ed tensor moved to a GPU is
+    materialised), so GPU backends are not held to it."""
+
+    args: tuple
+    error: type
+    words: tuple[str, ...]
+    cpu_only: bool = False
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One op, as every backend implements it.
+
+    name: the op (``torch.ops.dmkernels.<name>``, ``dmkernels.<name>``).
+    schema: arguments and returns, as after the name in csrc/ops.cpp.
+    check: raw op arguments in schema order -> the same, normalised; raises
+        ValueError / TypeError naming the op and the argument (the C++ kernels
+        raise the same types, csrc/checks.h).
+    fake: output shapes and dtypes, no data (torch.compile, opcheck).
+    reference: name of the PyTorch reference in dmkernels.reference.
+    reference_call: how the raw op arguments become the reference's (args, kwargs);
+        None when the reference takes them positionally as they are.
+    samples: valid raw arguments (CPU tensors) for opcheck and the cross-backend tests.
+    bad: invalid raw calls and the error each backend raises.
+    bench: the ``op`` of at least one case in dmkernels/bench/cases.py mentions it.
+    mutates: arguments written in place.
+    """
+
+    name: str
+    schema: str
+    check: Callable[..., tuple]
+    fake: Callable[..., Any]
+    reference: str
+    samples: Callable[[], list[tuple]]
+    bad: Callable[[], list[Bad]]
+    reference_call: Callable[..., tuple[tuple, dict]] | None = None
+    mutates: tuple[str, ...] = field(default=())
+
+    def call_reference(self, fn: Callable, args: tuple):
+        """``fn`` (the reference) on the raw op arguments."""
+        if self.reference_call is None:
+            return fn(*args)
+        a, kw = self.reference_call(*args)
+        return fn(*a, **kw)
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def _register(spec: OpSpec) -> OpSpec:
+    OPS[spec.name] = spec
+    return spec
+
+
+# ---------------------------------------------------------------------------
+# Checks of the raw op arguments (shared by the wrappers, the Triton ops and the
+# reference path). The compiled kernels check the same in csrc/checks.h.
+# ---------------------------------------------------------------------------
+
+
+def rng_values(op: str, rng: torch.Tensor) -> tuple[int, int]:
+    """(seed, offset) of an rng tensor, read on the host."""
+    seed, offset = (int(v) for v in rng.tolist())
+    if seed < 0 or offset < 0:
+        check.fail(op, f"rng must hold (seed, offset) >= 0, got {(seed, offset)}")
+    return seed, offset
+
+
+def _check_token_stats(logits, temperature, seed, offset, tempered_scores, positions, rng=None,
+                       op="token_stats"):
+    logits = check.logits(op, logits)
+    temperature = check.temperature(op, temperature)
+    seed = check.integer(op, "seed", seed, minimum=0)
+    offset = check.integer(op, "offset", offset, minimum=0)
+    if logits.numel() // logits.shape[-1] > 2**32:
+        check.fail(op, "logits has more than 2**32 rows")
+    if positions is not None:
+        check.tensor(op, "positions", positions)
+        check.same_device(op, "positions", positions, logits, "logits")
+        check.dtype(op, "positions", positions, (torch.bool,))
+        check.shape(op, "positions", positions, logits.shape[:-1], "logits.shape[:-1]")
+    if rng is not None:
+        check.tensor(op, "rng", rng)
+        check.same_device(op, "rng", rng, logits, "logits")
+        check.dtype(op, "rng", rng, (torch.int64,))
+        check.shape(op, "rng", rng, (2,), "(seed, offset)")
+        if rng.device.type == "cpu" and not torch.compiler.is_compiling():
+            rng_values(op, rng)  # free to read on the CPU; on a GPU it is the kernel's to read
+    return logits, temperature, seed, offset, bool(tempered_scores), positions, rng
+
+
+def _check_token_stats_partial(logits, temperature, seed, offset, tempered_scores, positions, rng,
+                               vocab_start, row_offset):
+    op = "token_stats_partial"
+    args = _check_token_stats(logits, temperature, seed, offset, tempered_scores, positions, rng, op=op)
+    vocab_start = check.integer(op, "vocab_start", vocab_start, minimum=0)
+    row_offset = check.integer(op, "row_offset", row_offset, minimum=0)
+    if vocab_start + logits.shape[-1] > 2**24:
+        check.fail(op, f"vocab_start + V = {vocab_start + logits.shape[-1]} exceeds 2**24")
+    if row_offset + logits.numel() // logits.shape[-1] > 2**32:
+        check.fail(op, "row_offset + rows exceeds 2**32")
+    return (*args, vocab_start, row_offset)
+
+
+def _check_select_topk(scores, k, eligible):
+    op = "select_topk"
+    check.scores_2d(op, "scores", scores)
+    check.eligible(op, eligible, scores, "scores")
+    check.tensor(op, "k", k)
+    check.same_device(op, "k", k, scores, "scores")
+    check.dtype(op, "k", k, check.INDEX_DTYPES)
+    check.shape(op, "k", k, (scores.shape[0],), "one count per row of scores")
+    return scores, k, eligible
+
+
+def _scored_rule(op: str, param: str):
+    def check_args(scores, eligible, value):
+        check.scores_2d(op, "scores", scores)
+        check.eligible(op, eligible, scores, "scores")
+        return scores, eligible, check.number(op, param, value)
+
+    return check_args
+
+
+def _check_select_entropy_bounded(error, entropy, eligible, gamma):
+    op = "select_entropy_bounded"
+    check.scores_2d(op, "error", error)
+    check.scores_2d(op, "entropy", entropy)
+    check.same_device(op, "entropy", entropy, error, "error")
+    check.shape(op, "entropy", entropy, error.shape, "error.shape")
+    check.eligible(op, eligible, error, "error")
+    return error, entropy, eligible, check.number(op, "gamma", gamma)
+
+
+def _check_select_group(eligible, groups, step):
+    op = "select_group"
+    check.tensor(op, "eligible", eligible)
+    if eligible.dim() != 2:
+        check.fail(op, f"eligible must be 2-D [B, L], got shape {list(eligible.shape)}")
+    check.dtype(op, "eligible", eligible, (torch.bool,))
+    for name, t in (("groups", groups), ("step", step)):
+        check.tensor(op, name, t)
+        check.same_device(op, name, t, eligible, "eligible")
+        check.dtype(op, name, t, check.INDEX_DTYPES)
+    B, L = eligible.shape
+    if tuple(groups.shape) not in ((L,), (B, L)):
+        check.fail(op, f"groups must have shape [L] or [B, L] = {[B, L]}, got {list(groups.shape)}")
+    if step.dim() != 0 and tuple(step.shape) != (B,):
+        check.fail(op, f"step must be a scalar or have shape [B] = [{B}], got {list(step.shape)}")
+    return eligible, groups, step
+
+
+def _check_commit(x, token, select, mask_id):
+    op = "commit_"
+    check.tensor(op, "x", x)
+    if x.dim() != 2:
+        check.fail(op, f"x must be 2-D [B, L], got shape {list(x.shape)}")
+    check.dtype(op, "x", x, check.INDEX_DTYPES)
+    for name, t, dtypes in (("token", token, check.INDEX_DTYPES), ("select", select, (torch.bool,))):
+        check.tensor(op, name, t)
+        check.same_device(op, name, t, x, "x")
+        check.dtype(op, name, t, dtypes)
+        check.shape(op, name, t, x.shape, "x.shape")
+    mask_id = check.integer(op, "mask_id", mask_id, minimum=0)
+    if x.dtype == torch.int32 and mask_id > 2**31 - 1:
+        check.fail(op, f"mask_id = {mask_id} does not fit x's dtype int32")
+    check.no_internal_overlap(op, "x", x)
+    if not torch.compiler.is_compiling():
+        check.tokens_fit_int32(op, x, token, select)  # CPU tensors only, where reading is free
+    return x, token, select, mask_id
+
+
+# ---------------------------------------------------------------------------
+# Fakes: the kernels return contiguous outputs whatever the inputs' strides.
+# ---------------------------------------------------------------------------
+
+
+def _fake_token_stats(logits, temperature, seed, offset, tempered_scores, positions, rng=None):
+    rows = logits.shape[:-1]
+    scores = [logits.new_empty(rows, dtype=torch.float32) for _ in range(3)]
+    return (logits.new_empty(rows, dtype=torch.int64), *scores)
+
+
+def _fake_token_stats_partial(logits, temperature, seed, offset, tempered_scores, positions, rng, vocab_start,
+                              row_offset):
+    return logits.new_empty((*logits.shape[:-1], 8), dtype=torch.float32)
+
+
+def _fake_selection(*args):
+    eligible = next(a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.bool)
+    return eligible.new_empty(eligible.shape, dtype=torch.bool)
+
+
+def _fake_commit(x, token, select, mask_id):
+    return select.new_empty(x.shape, dtype=torch.bool), x.new_empty((x.shape[0],), dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------
+# How the references take the raw arguments.
+# ---------------------------------------------------------------------------
+
+
+def _token_stats_reference_call(logits, temperature, seed, offset, tempered_scores, positions, rng=None):
+    if rng is not None:  # the reference reads it on the host
+        seed, offset = rng_values("token_stats", rng)
+    return (logits,), dict(temperature=temperature, seed=seed, offset=offset, positions=positions,
+                           tempered_scores=tempered_scores)
+
+
+def _token_stats_partial_reference_call(logits, temperature, seed, offset, tempered_scores, positions, rng,
+                                        vocab_start, row_offset):
+    if rng is not None:
+        seed, offset = rng_values("token_stats_partial", rng)
+    return (logits,), dict(temperature=temperature, seed=seed, offset=offset, positions=positions,
+                           tempered_scores=tempered_scores, vocab_start=vocab_start, row_offset=row_offset)
+
+
+# ---------------------------------------------------------------------------
+# Sample inputs (CPU; the tests move them to each backend's device).
+# ---------------------------------------------------------------------------
+
+
+def _logits():
+    logits = torch.randn(3, 5, 37)
+    logits[0, 0, 3] = -math.inf
+    return logits
+
+
+def _token_stats_samples():
+    logits = _logits()
+    return [
+        (logits, 0.0, 0, 0, False, None),
+        (logits.bfloat16(), 0.7, 3, 2, True, torch.rand(3, 5) < 0.5),
+        (logits[:, :, :30], 1.0, 1, 0, False, None),
+        (logits.half(), 1.0, 0, 0, False, None, torch.tensor([5, 2])),
+    ]
+
+
+def _token_stats_partial_samples():
+    logits = _logits()
+    return [
+        (logits, 0.0, 0, 0, False, None, None, 0, 0),
+        (logits.bfloat16(), 0.7, 3, 2, True, torch.rand(3, 5) < 0.5, None, 45, 7),
+        (logits[:, :, :30], 1.0, 1, 0, False, None, torch.tensor([5, 2]), 64, 0),
+        (logits.half(), 0.5, 2, 1, False, None, None, 0, 100),
+    ]
+
+
+def _scores():
+    scores = torch.rand(4, 19)
+    return scores, torch.rand(4, 19) < 0.5
+
+
+def _select_topk_samples():
+    scores, eligible = _scores()
+    return [
+        (scores, torch.tensor([0, 3, 19, 2]), eligible),
+        (scores.double().t().contiguous().t(), torch.tensor([1, -2, 3, 40], dtype=torch.int32), eligible),
+    ]
+
+
+def _select_threshold_samples():
+    scores, eligible = _scores()
+    return [(scores, eligible, 0.5), (scores.bfloat16(), eligible, -math.inf)]
+
+
+def _select_factor_samples():
+    scores, eligible = _scores()
+    return [(scores, eligible, 1.0), (scores.half(), eligible, 0.0)]
+
+
+def _select_entropy_bounded_samples():
+    scores, eligible = _scores()
+    return [(scores, scores * 0.1, eligible, 0.2), (scores.double(), scores.bfloat16(), eligible, math.inf)]
+
+
+def _select_group_samples():
+    _, eligible = _scores()
+    return [
+        (eligible, torch.arange(19) % 3, torch.tensor(1)),
+        (eligible, (torch.arange(76) % 4).reshape(4, 19).int(), torch.tensor([0, 2, 1, 5])),
+    ]
+
+
+def _commit_samples():
+    out = []
+    for dtype in (torch.int64, torch.int32):
+        x = torch.randint(0, 9, (4, 19), dtype=dtype)
+        select = torch.rand(4, 19) < 0.5
+        x[select] = 9
+        out.append((x, torch.randint(-1, 12, (4, 19)), select, 9))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Invalid raw calls: the same error type on every backend.
+# ---------------------------------------------------------------------------
+
+S = (4, 19)
+
+
+def _token_stats_bad(partial: bool):
+    tail = (None, 0, 0) if partial else ()
+    L = torch.randn(2, 3, 11)
+    rng_tail = lambda rng: (rng, 0, 0) if partial else (rng,)  # noqa: E731
+    return [
+        Bad((L.double(), 0.0, 0, 0, False, None, *tail), TypeError, ("logits", "float64")),
+        Bad((L.long(), 0.0, 0, 0, False, None, *tail), TypeError, ("logits", "int64")),
+        Bad((torch.randn(3, 0), 0.0, 0, 0, False, None, *tail), ValueError, ("logits", "V = 0")),
+        Bad((torch.randn(11, 3).t(), 0.0, 0, 0, False, None, *tail), ValueError, ("logits", "stride")),
+        Bad((L, -1.0, 0, 0, False, None, *tail), ValueError, ("temperature",)),
+        Bad((L, math.nan, 0, 0, False, None, *tail), ValueError, ("temperature",)),
+        Bad((L, 1e-40, 0, 0, False, None, *tail), ValueError, ("temperature", "2**-100")),
+        Bad((L, 1.0, -5, 0, False, None, *tail), ValueError, ("seed", ">= 0")),
+        Bad((L, 1.0, 0, -3, False, None, *tail), ValueError, ("offset", ">= 0")),
+        Bad((L, 0.0, 0, 0, False, torch.ones(3, 2, dtype=torch.bool), *tail), ValueError, ("positions", "shape")),
+        Bad((L, 0.0, 0, 0, False, torch.ones(2, 3), *tail), TypeError, ("positions", "bool")),
+        Bad((L, 1.0, 0, 0, False, None, *rng_tail(torch.tensor([1, 2, 3]))), ValueError, ("rng", "shape")),
+        Bad((L, 1.0, 0, 0, False, None, *rng_tail(torch.tensor([1.0, 2.0]))), TypeError, ("rng", "int64")),
+        Bad((L, 1.0, 0, 0, False, None, *rng_tail(torch.tensor([-1, 0]))), ValueError, ("rng", ">= 0"), True),
+    ]
+
+
+def _token_stats_partial_bad():
+    x = torch.randn(3, 10)
+    return _token_stats_bad(True) + [
+        Bad((x, 0.0, 0, 0, False, None, None, -1, 0), ValueError, ("vocab_start", ">= 0")),
+        Bad((x, 0.0, 0, 0, False, None, None, 2**24 - 5, 0), ValueError, ("vocab_start", "2**24")),
+        Bad((x, 0.0, 0, 0, False, None, None, 0, -1), ValueError, ("row_offset", ">= 0")),
+        Bad((x, 0.0, 0, 0, False, None, None, 0, 2**32 - 1), ValueError, ("row_offset", "2**32")),
+    ]
+
+
+def _scored_bad(op_param: str | None):
+    """Bad calls shared by select_topk (op_param None) and the scored rules."""
+    scores, eligible = torch.rand(*S), torch.ones(*S, dtype=torch.bool)
+    mid = (torch.tensor([1, 2, 3, 4]),) if op_param is None else ()
+    tail = () if op_param is None else (0.5,)
+    out = [
+        Bad((scores[0], *mid, eligible[0], *tail), ValueError, ("scores", "2-D")),
+        Bad((scores.long(), *mid, eligible, *tail), TypeError, ("scores", "int64")),
+        Bad((scores, *mid, eligible.float(), *tail), TypeError, ("eligible", "bool")),
+        Bad((scores, *mid, eligible[:, :4], *tail), ValueError, ("eligible", "shape")),
+    ]
+    if op_param is not None:
+        out.append(Bad((scores, eligible, math.nan), ValueError, (op_param, "NaN")))
+    return out
+
+
+def _select_topk_bad():
+    scores, eligible = torch.rand(*S), torch.ones(*S, dtype=torch.bool)
+    return _scored_bad(None) + [
+        Bad((scores, torch.tensor([1.0, 2.0, 3.0, 4.0]), eligible), TypeError, ("k", "float32")),
+        Bad((scores, torch.tensor([1, 2, 3]), eligible), ValueError, ("k", "shape")),
+    ]
+
+
+def _select_entropy_bounded_bad():
+    e, eligible = torch.rand(*S), torch.ones(*S, dtype=torch.bool)
+    return [
+        Bad((e, e[:, :4], eligible, 0.1), ValueError, ("entropy", "shape")),
+        Bad((e, e.t(), eligible, 0.1), ValueError, ("entropy", "shape")),
+        Bad((e.long(), e, eligible, 0.1), TypeError, ("error", "int64")),
+        Bad((e, e.int(), eligible, 0.1), TypeError, ("entropy", "int32")),
+        Bad((e, e, eligible.int(), 0.1), TypeError, ("eligible", "bool")),
+        Bad((e, e, eligible, math.nan), ValueError, ("gamma", "NaN")),
+    ]
+
+
+def _select_group_bad():
+    eligible = torch.ones(*S, dtype=torch.bool)
+    g = torch.arange(19)
+    return [
+        Bad((eligible[0], g, torch.tensor(0)), ValueError, ("eligible", "2-D")),
+        Bad((eligible.int(), g, torch.tensor(0)), TypeError, ("eligible", "bool")),
+        Bad((eligible, torch.arange(4), torch.tensor(0)), ValueError, ("groups", "shape")),
+        Bad((eligible, g.float(), torch.tensor(0)), TypeError, ("groups", "float32")),
+        Bad((eligible, g, torch.tensor([0, 1, 2])), ValueError, ("step", "shape")),
+        Bad((eligible, g, torch.tensor(0.0)), TypeError, ("step", "float32")),
+    ]
+
+
+def _commit_bad():
+    x, t, s = torch.zeros(*S, dtype=torch.int64), torch.zeros(*S, dtype=torch.int64), torch.ones(*S, dtype=torch.bool)
+    return [
+        Bad((x, t, s, -4), ValueError, ("mask_id", ">= 0")),
+        Bad((x.int(), t, s, 2**31), ValueError, ("mask_id", "int32")),
+        Bad((x.float(), t, s, 7), TypeError, ("x", "float32")),
+        Bad((x[0], t[0], s[0], 7), ValueError, ("x", "2-D")),
+        Bad((x, t[:, :4], s, 7), ValueError, ("token", "shape")),
+        Bad((x, t.float(), s, 7), TypeError, ("token", "float32")),
+        Bad((x, t, s.int(), 7), TypeError, ("select", "bool")),
+        Bad((torch.full((1, 19), 9).expand(4, 19), t, s, 9), ValueError, ("x", "share memory"), True),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# The ops.
+# ---------------------------------------------------------------------------
+
+_register(OpSpec(
+    name="token_stats",
+    schema="(Tensor logits, float temperature, int seed, int offset, bool tempered_scores, Tensor? positions, "
+           "Tensor? rng=None) -> (Tensor, Tensor, Tensor, Tensor)",
+    check=_check_token_stats, fake=_fake_token_stats, reference="token_stats_reference",
+    reference_call=_token_stats_reference_call, samples=_token_stats_samples, bad=lambda: _token_stats_bad(False),
+))
+_register(OpSpec(
+    name="token_stats_partial",
+    schema="(Tensor logits, float temperature, int seed, int offset, bool tempered_scores, Tensor? positions, "
+           "Tensor? rng, int vocab_start, int row_offset) -> Tensor",
+    check=_check_token_stats_partial, fake=_fake_token_stats_partial, reference="token_stats_partial_reference",
+    reference_call=_token_stats_partial_reference_call, samples=_token_stats_partial_samples,
+    bad=_token_stats_partial_bad,
+))
+_register(OpSpec(
+    name="select_topk", schema="(Tensor scores, Tensor k, Tensor eligible) -> Tensor",
+    check=_check_select_topk, fake=_fake_selection, reference="select_topk_reference",
+    samples=_select_topk_samples, bad=_select_topk_bad,
+))
+_register(OpSpec(
+    name="select_threshold", schema="(Tensor scores, Tensor eligible, float threshold) -> Tensor",
+    check=_scored_rule("select_threshold", "threshold"), fake=_fake_selection, reference="select_threshold_reference",
+    samples=_select_threshold_samples, bad=lambda: _scored_bad("threshold"),
+))
+_register(OpSpec(
+    name="select_factor", schema="(Tensor scores, Tensor eligible, float factor) -> Tensor",
+    check=_scored_rule("select_factor", "factor"), fake=_fake_selection, reference="select_factor_reference",
+    samples=_select_factor_samples, bad=lambda: _scored_bad("factor"),
+))
+_register(OpSpec(
+    name="select_entropy_bounded",
+    schema="(Tensor error, Tensor entropy, Tensor eligible, float gamma) -> Tensor",
+    check=_check_select_entropy_bounded, fake=_fake_selection, reference="select_entropy_bounded_reference",
+    samples=_select_entropy_bounded_samples, bad=_select_entropy_bounded_bad,
+))
+_register(OpSpec(
+    name="select_group", schema="(Tensor eligible, Tensor groups, Tensor step) -> Tensor",
+    check=_check_select_group, fake=_fake_selection, reference="select_group_reference",
+    samples=_select_group_samples, bad=_select_group_bad,
+))
+_register(OpSpec(
+    name="commit_", schema="(Tensor(a!) x, Tensor token, Tensor select, int mask_id) -> (Tensor, Tensor)",
+    check=_check_commit, fake=_fake_commit, reference="commit_reference",
+    samples=_commit_samples, bad=_commit_bad, mutates=("x",),
+))
+
+
+def check_args(op: str, args: tuple) -> tuple:
+    """The raw arguments of ``op``, checked and normalised (ValueError / TypeError)."""
+    return OPS[op].check(*args)
+
+
+def register_fakes(namespace: str) -> None:
+    """Register every op's fake for ``namespace::<op>`` (the compiled ops)."""
+    for spec in OPS.values():
+        torch.library.register_fake(f"{namespace}::{spec.name}")(spec.fake)
+
+
+def triton_op(name: str):
+    """Decorator: ``fn`` (the raw arguments, already checked) becomes
+    ``torch.ops.dmkernels_triton.<name>`` with the registry's schema and fake; the
+    op checks its arguments with the registry's checks first."""
+    spec = OPS[name]
+
+    def define(fn):
+        def run(*args):
+            return fn(*spec.check(*args))
+
+        run.__name__, run.__doc__ = fn.__name__, fn.__doc__
+        op = torch.library.custom_op(f"dmkernels_triton::{name}", run, mutates_args=spec.mutates,
+                                     schema=spec.schema)
+        op.register_fake(spec.fake)
+        return op
+
+    return define
