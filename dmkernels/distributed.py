@@ -18,6 +18,15 @@ so a worker's tokens do not depend on how the batch was split; ``lockstep``
 makes every worker run the same number of model calls (for models whose forward
 is itself collective, e.g. FSDP).
 
+The sampler does not know the modes apart: ``generate(..., parallel=...)``
+takes a :class:`Parallel` strategy (single process by default), and a step asks
+it for the token statistics of its rows (:meth:`Parallel.token_stats`) and
+for a done-flag every worker agrees on (:meth:`Parallel.agree`); before the
+first step :meth:`Parallel.begin` places this worker's rows in the global batch
+and :meth:`Parallel.refuse` turns down settings the mode cannot serve. A new
+mode (e.g. sequence-parallel canvases) is a new subclass, not a new branch in
+the sampler.
+
 Why a gather and not an all-reduce: merging needs a max (of m), sums rescaled by
 that max and a lexicographic (value, lowest column) argmax; no single reduce op
 does all three, and two or three all-reduces cost more latency than one gather of
@@ -34,8 +43,10 @@ import torch.distributed as dist
 from . import ops
 from .reference.token_stats_partial import NUM_FIELDS, merge_token_stats_partials
 
-__all__ = ["DataParallel", "VocabParallel", "all_done", "all_gather_flat", "bytes_per_step", "gather_partials", "merge_partials",
-           "row_offset_of", "token_stats"]
+__all__ = [
+    "DataParallel", "Parallel", "SingleProcess", "VocabParallel", "all_done", "all_gather_flat",
+    "bytes_per_step", "gather_partials", "merge_partials", "row_offset_of", "token_stats",
+]
 
 
 def merge_partials(partials: torch.Tensor, positions: torch.Tensor | None = None) -> ops.TokenStats:
@@ -139,8 +150,49 @@ def bytes_per_step(rows: int, vocab_size: int, world_size: int, logits_bytes: in
     }
 
 
+class Parallel:
+    """How one generation is spread over processes: the strategy the sampler calls.
+
+    The base class is one process holding whole rows (what ``parallel=None``
+    means). A strategy is settings only; what a generation learns about its
+    place (its rows' offset in the global batch) is returned by :meth:`begin`
+    and kept by the sampler.
+    """
+
+    #: the model's logits are a vocabulary slice (their width is not the vocabulary size)
+    slices_vocabulary: bool = False
+
+    def refuse(self, *, seed, logits_processor) -> str | None:
+        """Why this mode cannot run with these settings (the sampler raises it), or None."""
+        return None
+
+    def begin(self, batch_size: int) -> tuple[int, int]:
+        """Once per generation, on the host, before the first step: (the global index
+        of this worker's first row, the amount to shift the policy generator's
+        seed by so that workers draw different numbers)."""
+        return 0, 0
+
+    def token_stats(self, rows: torch.Tensor, *, row_offset: int = 0, **kwargs) -> ops.TokenStats:
+        """``dmkernels.token_stats`` of this step's logits ``rows`` [B, W, V_local]
+        (keyword arguments as there), whole-row statistics on every worker.
+        ``row_offset``: from :meth:`begin`."""
+        return ops.token_stats(rows, **kwargs)
+
+    def agree(self, done: torch.Tensor) -> torch.Tensor:
+        """A done-flag (bool scalar on the device) every worker agrees on; queued,
+        never read on the host here."""
+        return done
+
+
+class SingleProcess(Parallel):
+    """One process, whole rows: what the sampler uses when ``parallel`` is None."""
+
+    def __repr__(self):
+        return "SingleProcess()"
+
+
 @dataclass(frozen=True)
-class VocabParallel:
+class VocabParallel(Parallel):
     """The model returns this rank's vocabulary slice of the logits.
 
     ``vocab_start`` is the global id of the slice's first column. Pass as
@@ -151,9 +203,21 @@ class VocabParallel:
     vocab_start: int
     group: object = None
 
+    slices_vocabulary = True
+
+    def refuse(self, *, seed, logits_processor) -> str | None:
+        if seed is None:
+            return "seed must be given with VocabParallel: every rank must draw the same numbers"
+        if logits_processor is not None:
+            return "a logits_processor needs whole rows: it cannot run on VocabParallel slices"
+        return None
+
+    def token_stats(self, rows: torch.Tensor, *, row_offset: int = 0, **kwargs) -> ops.TokenStats:
+        return token_stats(rows, vocab_start=self.vocab_start, group=self.group, **kwargs)
+
 
 @dataclass(frozen=True)
-class DataParallel:
+class DataParallel(Parallel):
     """Each worker of ``group`` generates its own rows (its own ``input_ids``).
 
     The token noise of row r of worker k is that of row ``sum(batch of workers < k)
@@ -166,3 +230,14 @@ class DataParallel:
 
     group: object = None
     lockstep: bool = True
+
+    def begin(self, batch_size: int) -> tuple[int, int]:
+        return row_offset_of(batch_size, self.group)
+
+    def token_stats(self, rows: torch.Tensor, *, row_offset: int = 0, **kwargs) -> ops.TokenStats:
+        # This worker's rows draw the noise of their rows in the global batch.
+        partial = ops.token_stats_partial(rows, row_offset=row_offset * rows.shape[1], **kwargs)
+        return merge_partials(partial.unsqueeze(0), kwargs.get("positions"))
+
+    def agree(self, done: torch.Tensor) -> torch.Tensor:
+        return all_done(done, self.group) if self.lockstep else done

@@ -25,6 +25,10 @@ is trained exactly as it will run:
 
 Each returns the history: one dict per iteration (mean reward, loss) or, for
 :func:`supervised`, per epoch.
+
+Rollouts leave the policy as it is: the exploration temperature and the record
+of each step travel in a :class:`~dmkernels.learned.Trajectory` handed to the
+sampler as its recorder, and only the scorer's parameters are trained.
 """
 from __future__ import annotations
 
@@ -33,8 +37,8 @@ from typing import Callable
 
 import torch
 
-from .learned import LearnedPolicy, Trajectory, set_log_prob
-from .sampler import generate, infill as infill_fn
+from .policies.learned import LearnedPolicy, Trajectory, set_log_prob
+from .sampler import _generate_sampler, _infill_sampler, _signature_check, generate, infill as infill_fn
 
 __all__ = ["grpo", "rloo", "rollout", "supervised", "trajectory_log_probs"]
 
@@ -44,23 +48,23 @@ RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def rollout(policy: LearnedPolicy, model, prompts: torch.Tensor, *, seed: int, explore: float | None,
             infill: bool = False, **generate_kwargs) -> tuple[torch.Tensor, Trajectory]:
-    """Run the sampler with ``policy`` (exploring at temperature ``explore``) and
-    record every step; returns (sequences, trajectory)."""
-    saved = policy.explore, policy.trajectory
-    policy.explore, policy.trajectory = explore, Trajectory()
-    try:
-        run = infill_fn if infill else generate
-        out = run(model, prompts, policy=policy, seed=seed, **generate_kwargs)
-        return out.sequences, policy.trajectory
-    finally:
-        policy.explore, policy.trajectory = saved
+    """Run the sampler with ``policy``, exploring at temperature ``explore`` (None:
+    deterministic, whatever ``policy.explore``), and record every step; returns
+    (sequences, trajectory). ``generate_kwargs``: those of :func:`dmkernels.generate`
+    (of :func:`dmkernels.infill` with ``infill=True``). The policy is not changed."""
+    trajectory = Trajectory(explore=explore)
+    public = infill_fn if infill else generate
+    _signature_check(public, model, prompts, policy=policy, seed=seed, **generate_kwargs)
+    build = _infill_sampler if infill else _generate_sampler
+    out = build(model, prompts, policy=policy, seed=seed, recorder=trajectory, **generate_kwargs).run()
+    return out.sequences, trajectory
 
 
 def trajectory_log_probs(policy: LearnedPolicy, trajectory: Trajectory, scorer=None) -> torch.Tensor:
     """log P(chosen set) [T, N] of every recorded step under ``scorer`` (default the
-    policy's own, with gradients)."""
+    policy's own, with gradients), at the temperature the trajectory explored at."""
     scorer = scorer or policy.scorer
-    temperature = policy.explore or 1.0
+    temperature = trajectory.temperature
     out = []
     hidden = trajectory.hidden or [None] * len(trajectory.features)
     for features, h, eligible, chosen in zip(trajectory.features, hidden, trajectory.eligible, trajectory.chosen):
@@ -99,25 +103,19 @@ def _grouped_rollouts(policy, model, prompts, reward_fn, *, name, per_prompt, it
                       explore, seed, infill, generate_kwargs):
     """The loop both trainers share: each iteration draws ``prompts_per_iteration``
     prompts, rolls each out ``per_prompt`` times under the exploring policy and
-    yields ``(iteration, trajectory, rewards [prompts, per_prompt])``. The policy
-    explores at ``explore`` throughout (its log-probabilities are taken at that
-    temperature) and gets its own setting back at the end."""
+    yields ``(iteration, trajectory, rewards [prompts, per_prompt])``. The rollouts
+    explore at ``explore`` (their log-probabilities are taken at that temperature)."""
     g = torch.Generator().manual_seed(seed)
-    saved_explore = policy.explore
-    policy.explore = explore
-    try:
-        for it in range(iterations):
-            pick = torch.randperm(prompts.shape[0], generator=g)[:prompts_per_iteration]
-            index = pick.repeat_interleave(per_prompt)
-            batch = prompts[index.to(prompts.device)]
-            sequences, traj = rollout(policy, model, batch, seed=seed * 1_000_003 + it, explore=explore,
-                                      infill=infill, **generate_kwargs)
-            if len(traj) == 0:
-                raise RuntimeError(f"dmkernels.train.{name}: the rollout made no decisions")
-            rewards = _rewards(reward_fn, sequences, index, name)
-            yield it, traj, rewards.view(-1, per_prompt)
-    finally:
-        policy.explore = saved_explore
+    for it in range(iterations):
+        pick = torch.randperm(prompts.shape[0], generator=g)[:prompts_per_iteration]
+        index = pick.repeat_interleave(per_prompt)
+        batch = prompts[index.to(prompts.device)]
+        sequences, traj = rollout(policy, model, batch, seed=seed * 1_000_003 + it, explore=explore,
+                                  infill=infill, **generate_kwargs)
+        if len(traj) == 0:
+            raise RuntimeError(f"dmkernels.train.{name}: the rollout made no decisions")
+        rewards = _rewards(reward_fn, sequences, index, name)
+        yield it, traj, rewards.view(-1, per_prompt)
 
 
 def _log(history: list, log, record: dict) -> None:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import dmkernels.models
-from dmkernels import learned
+from dmkernels.policies import learned  # the implementation (dmkernels.learned re-exports it)
 from dmkernels.learned import LearnedPolicy, MLPScorer, TransformerScorer
 from dmkernels.models import DiffusionLM
 from dmkernels.tasks import sudoku

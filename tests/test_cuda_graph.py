@@ -52,9 +52,7 @@ def test_step_with_device_step_index_and_rng_matches_the_loop(policy):
         manual = Sampler(ToyModel(), prompts(), **kw)
         manual.rng = torch.tensor([manual.seed, 0])
         _, start, end = next(iter(manual.blocks()))
-        manual.cache.begin_block(manual.x)
-        if policy.schedule is not None:
-            policy.schedule.begin_block((manual.x[:, start:end] == MASK).sum(-1), manual.steps_per_block)
+        manual.begin_block(start, end)  # the cache's refresh and the schedule's plan, as run() does
         for i in range(manual.steps_per_block):
             manual.step(0, start, end, torch.tensor(i))
     assert torch.equal(manual.x, expected)

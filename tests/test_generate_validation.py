@@ -284,7 +284,7 @@ def test_policy_constructors_name_the_class_and_argument(index):
 
 
 def test_learned_policy_checks_explore_when_it_is_set_later():
-    """The trainers set ``explore`` on an existing policy."""
+    """Users may set ``explore`` on an existing policy (the trainers no longer do)."""
     policy = LearnedPolicy(MLPScorer(), explore=1.0)
     policy.explore = None
     policy.explore = 0.5

@@ -19,6 +19,7 @@ from dmkernels.learned import (
 from dmkernels.policies import StepContext
 from dmkernels.testing import forbid_host_sync
 from dmkernels.train import _clean_states, grpo, rloo, rollout, supervised
+from test_sampler import snapshot
 
 # A toy denoiser where order matters. Tokens 0..9, [MASK] = 10. The answer at
 # position j is j % 10. A position whose left neighbour is already decoded (or
@@ -67,6 +68,15 @@ def make_ctx(B=3, Wd=9, step=2, steps=5, quota=None):
                        quota=quota if quota is not None else torch.full((B,), 2),
                        logits=logits, x=torch.zeros(B, Wd, dtype=torch.int64), generator=torch.Generator(),
                        schedule=None)
+
+
+def test_the_old_and_new_homes_are_the_same_objects():
+    import dmkernels.learned as old
+    import dmkernels.policies.learned as new
+
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(new, name), name
+    assert P.LearnedPolicy is LearnedPolicy and issubclass(LearnedPolicy, P.Policy)
 
 
 def test_features_are_the_documented_ones_and_zero_off_the_masks():
@@ -231,11 +241,43 @@ def test_the_toy_task_punishes_confidence():
 
 def test_rollout_records_every_step():
     policy = LearnedPolicy(MLPScorer())
+    before = snapshot(policy)
     seqs, traj = rollout(policy, OrderToy(), toy_canvas(3), seed=0, explore=1.0, infill=True, steps=4,
                          mask_id=MASK)
-    assert len(traj) == 4 and seqs.shape == (3, W)
-    assert policy.trajectory is None and policy.explore is None  # restored
+    assert len(traj) == 4 and seqs.shape == (3, W) and traj.explore == 1.0
+    assert snapshot(policy) == before  # the policy itself is not changed
     assert all(c.sum(-1).eq(2).all() for c in traj.chosen)
+    # The trajectory, not the policy, decides the rollout's exploration: same seed, same draws.
+    again = rollout(LearnedPolicy(policy.scorer, explore=0.25), OrderToy(), toy_canvas(3), seed=0, explore=1.0,
+                    infill=True, steps=4, mask_id=MASK)
+    assert torch.equal(again[0], seqs)
+    greedy = rollout(LearnedPolicy(policy.scorer, explore=1.0), OrderToy(), toy_canvas(3), seed=0, explore=None,
+                     infill=True, steps=4, mask_id=MASK)[0]
+    plain = dmkernels.infill(OrderToy(), toy_canvas(3), steps=4, policy=policy, mask_id=MASK, seed=0).sequences
+    assert torch.equal(greedy, plain)
+    with pytest.raises(TypeError, match="dmkernels.infill.*gen_length"):
+        rollout(policy, OrderToy(), toy_canvas(3), seed=0, explore=1.0, infill=True, steps=4, gen_length=8)
+    with pytest.raises(ValueError, match="Trajectory: explore"):
+        rollout(policy, OrderToy(), toy_canvas(3), seed=0, explore=-1.0, infill=True, steps=4, mask_id=MASK)
+
+
+@pytest.mark.parametrize("selection", ["topk", "threshold"])
+def test_generating_and_training_leave_the_policy_as_it_was(selection):
+    """Only the scorer's parameter values change, and only in the trainers."""
+    policy = LearnedPolicy(MLPScorer(hidden=4), selection=selection, explore=0.5)
+    before = snapshot(policy)
+    dmkernels.infill(OrderToy(), toy_canvas(2), steps=4, policy=policy, mask_id=MASK, seed=0)
+    rollout(policy, OrderToy(), toy_canvas(2), seed=0, explore=1.0, infill=True, steps=4, mask_id=MASK)
+    assert snapshot(policy) == before
+    structure = snapshot(policy, values=False)
+    kw = dict(iterations=1, prompts_per_iteration=1, infill=True, steps=4, mask_id=MASK, explore=2.0)
+    grpo(policy, OrderToy(), toy_canvas(2), toy_reward, group_size=2, **kw)
+    rloo(policy, OrderToy(), toy_canvas(2), toy_reward, samples=2, **kw)
+    if selection == "topk":
+        supervised(policy, OrderToy(), toy_canvas(2), toy_answers(2), rounds=1, epochs=1, infill=True, steps=4,
+                   mask_id=MASK)
+    assert snapshot(policy, values=False) == structure
+    assert policy.explore == 0.5
 
 
 def confidence_like_mlp():

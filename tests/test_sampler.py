@@ -4,7 +4,7 @@ import torch
 
 import dmkernels
 from dmkernels import policies as P
-from dmkernels.schedules import DreamTimesteps, LinearCounts
+from dmkernels.schedules import DreamTimesteps, LinearCounts, Schedule
 from dmkernels.testing import HostSyncError, forbid_host_sync, step_scope
 
 V = 37
@@ -204,14 +204,15 @@ def test_errors_name_the_argument():
 
 def test_linear_counts_and_dream_timesteps():
     s = LinearCounts()
-    s.begin_block(torch.tensor([7, 3, 0]), 3)
-    assert [s.quota(i, None).tolist() for i in range(3)] == [[3, 1, 0], [2, 1, 0], [2, 1, 0]]
+    before = snapshot(s)
+    plan = s.begin_block(torch.tensor([7, 3, 0]), 3)
+    assert [plan.quota(i, None).tolist() for i in range(3)] == [[3, 1, 0], [2, 1, 0], [2, 1, 0]]
     d = DreamTimesteps(eps=1e-3)
-    d.begin_block(torch.tensor([10, 10]), 4)
+    plan = d.begin_block(torch.tensor([10, 10]), 4)
     masked = torch.tensor([10, 10])
     total = 0
     for i in range(4):
-        k = d.quota(i, masked)
+        k = plan.quota(i, masked)
         t = torch.linspace(1, 1e-3, 5)
         mean = float(masked.sum()) / 2
         expected = int(mean * float(1 - t[i + 1] / t[i])) if i < 3 else int(mean)
@@ -219,6 +220,24 @@ def test_linear_counts_and_dream_timesteps():
         masked = masked - k
         total += expected
     assert total == 10
+    assert plan.transfer_probability(3).item() == 1.0
+    # The plans hold the block's state; the schedules stay as they were built.
+    assert snapshot(s) == before and snapshot(d) == snapshot(DreamTimesteps(eps=1e-3))
+
+
+def test_a_schedule_of_the_older_protocol_still_works():
+    """A user's schedule that keeps its state on itself (begin_block returns None)
+    serves as its own plan."""
+    class EverythingAtTheLastStep(Schedule):
+        def begin_block(self, masked, steps):
+            self.steps = steps
+
+        def quota(self, step, masked_now):
+            return torch.where(torch.as_tensor(step) == self.steps - 1, masked_now, 0)
+
+    out = dmkernels.generate(ToyModel(), prompts(), gen_length=8, block_length=4, steps=6,
+                             policy=P.LowConfidence(EverythingAtTheLastStep()), mask_id=MASK)
+    assert out.model_calls == 6 and not (out.sequences == MASK).any()
 
 
 def test_custom_policy_in_a_few_lines():
@@ -358,3 +377,163 @@ def test_infill_errors_name_the_argument():
     with pytest.raises(ValueError, match="block_length"):
         dmkernels.infill(model, torch.zeros(2, 5, dtype=torch.int64), steps=1, policy=P.LowConfidence(),
                          block_length=2)
+
+
+# -- settings, hooks, strategies, stateless policies ---------------------------------------------
+
+def snapshot(obj, values: bool = True):
+    """A comparable deep picture of an object: its attributes, recursively; tensors by
+    dtype, shape and (with ``values``) contents; modules by mode and state_dict."""
+    if isinstance(obj, torch.Tensor):
+        return ("tensor", str(obj.dtype), tuple(obj.shape), obj.detach().cpu().tolist() if values else None)
+    if isinstance(obj, torch.nn.Module):
+        return ("module", type(obj).__name__, obj.training,
+                tuple((k, snapshot(v, values)) for k, v in obj.state_dict().items()))
+    if isinstance(obj, dict):
+        return ("dict", tuple(sorted((k, snapshot(v, values)) for k, v in obj.items())))
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, tuple(snapshot(v, values) for v in obj))
+    if isinstance(obj, (int, float, str, bool, type(None), torch.device, torch.dtype)):
+        return obj
+    if hasattr(obj, "__dict__"):
+        return (type(obj).__name__, snapshot(vars(obj), values))
+    return (type(obj).__name__, id(obj))
+
+
+def test_snapshot_sees_changes_deep_inside():
+    class Holder:
+        def __init__(self):
+            self.schedule = LinearCounts()
+            self.cache = {}
+            self.module = torch.nn.Linear(2, 1)
+
+    h = Holder()
+    before = snapshot(h)
+    h.schedule.steps = 3
+    assert snapshot(h) != before
+    h = Holder()
+    before = snapshot(h)
+    h.cache[1] = torch.zeros(2)
+    assert snapshot(h) != before
+    h = Holder()
+    before, shapes = snapshot(h), snapshot(h, values=False)
+    with torch.no_grad():
+        h.module.weight.add_(1)
+    assert snapshot(h) != before and snapshot(h, values=False) == shapes
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES, ids=repr)
+def test_generating_leaves_the_policy_as_it_was(policy):
+    before = snapshot(policy)
+    for cache in (None, "dual"):
+        from dmkernels.models import DiffusionLM, tiny_config
+        model = ToyModel() if cache is None else DiffusionLM(tiny_config(vocab_size=V)).eval()
+        dmkernels.generate(model, prompts(), gen_length=8, block_length=4, steps=4, policy=policy,
+                           temperature=0.5, seed=1, mask_id=MASK, cache=cache)
+        dmkernels.infill(ToyModel(), torch.full((2, 6), MASK), steps=3, policy=policy, seed=2, mask_id=MASK)
+    assert snapshot(policy) == before
+
+
+def test_sampler_config_defaults_are_generates():
+    import dataclasses
+    import inspect
+
+    from dmkernels.sampler import SamplerConfig
+
+    config = SamplerConfig()
+    for name, parameter in inspect.signature(dmkernels.generate).parameters.items():
+        if name in {f.name for f in dataclasses.fields(SamplerConfig)} and parameter.default is not inspect._empty:
+            assert getattr(config, name) == parameter.default, name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 3
+
+
+def test_a_sampler_from_a_config_and_settings_is_generate():
+    from dmkernels.sampler import Sampler, SamplerConfig
+
+    want = dmkernels.generate(ToyModel(), prompts(), gen_length=8, block_length=4, steps=4,
+                              policy=P.LowConfidence(), temperature=0.7, seed=3, mask_id=MASK)
+    config = SamplerConfig(gen_length=8, block_length=4, steps=4, temperature=0.7, seed=3, mask_id=MASK)
+    got = Sampler(ToyModel(), prompts(), P.LowConfidence(), config).run()
+    assert torch.equal(got.sequences, want.sequences) and got.model_calls == want.model_calls
+    # Keyword settings override the config's fields.
+    got = Sampler(ToyModel(), prompts(), P.LowConfidence(), SamplerConfig(seed=99), gen_length=8,
+                  block_length=4, steps=4, temperature=0.7, seed=3, mask_id=MASK).run()
+    assert torch.equal(got.sequences, want.sequences)
+    with pytest.raises(TypeError, match="unknown setting.*gen_lenght"):
+        Sampler(ToyModel(), prompts(), P.LowConfidence(), gen_lenght=8)
+    with pytest.raises(TypeError, match="config must be"):
+        Sampler(ToyModel(), prompts(), P.LowConfidence(), {"gen_length": 8})
+    with pytest.raises(ValueError, match="policy must be"):
+        Sampler(ToyModel(), prompts(), None, config)
+
+
+def test_a_custom_sampler_overrides_the_hooks():
+    """A new model family's sampler: other blocks, a look at every step."""
+    from dmkernels.sampler import Sampler, SamplerConfig
+
+    class RightToLeft(Sampler):
+        def blocks(self):
+            for b in reversed(range(self.num_blocks)):
+                start = self.P + b * self.block_length
+                yield b, start, start + self.block_length
+
+        def after_step(self, step, rows):  # (first block all masks, last block has masks)
+            masked = self.x[:, self.P:] == self.mask_id
+            self.seen.append((bool(masked[:, :4].all()), bool(masked[:, 4:].any())))
+
+    sampler = RightToLeft(ToyModel(), prompts(), P.LowConfidence(),
+                          SamplerConfig(gen_length=8, block_length=4, steps=4, mask_id=MASK))
+    sampler.seen = []
+    out = sampler.run()
+    assert not (out.sequences == MASK).any() and out.model_calls == 4
+    # The last block is filled first, while the first block stays all masks.
+    assert sampler.seen == [(True, True), (True, False), (False, False), (False, False)]
+
+
+def test_model_calls_count_each_call_once():
+    from dmkernels.compat.dream import _DreamSampler
+    from dmkernels.sampler import SamplerConfig
+
+    for policy, cfg_scale in ((P.LowConfidence(), 0.0), (P.Threshold(0.3), 0.5)):
+        model = ToyModel()
+        out = dmkernels.generate(model, prompts(), gen_length=8, block_length=4, steps=4, policy=policy,
+                                 cfg_scale=cfg_scale, mask_id=MASK)
+        assert out.model_calls == len(model.calls)
+    model = ToyModel()
+    out = _DreamSampler(model, prompts(), P.Entropy(DreamTimesteps(), tempered_scores=True),
+                        SamplerConfig(gen_length=6, block_length=6, steps=3, shift_logits=True, mask_id=MASK),
+                        top_k=5).run()
+    assert out.model_calls == len(model.calls) == 3
+
+
+def test_a_parallel_strategy_plugs_in_without_the_sampler_knowing_it():
+    """The sampler only calls the strategy's methods: a new mode is a subclass."""
+    from dmkernels import distributed as D
+
+    class Spy(D.Parallel):
+        def __init__(self):
+            self.calls = []
+
+        def begin(self, batch_size):
+            self.calls.append(("begin", batch_size))
+            return 0, 0
+
+        def token_stats(self, rows, *, row_offset=0, **kwargs):
+            self.calls.append(("token_stats", row_offset))
+            return super().token_stats(rows, row_offset=row_offset, **kwargs)
+
+        def agree(self, done):
+            self.calls.append(("agree",))
+            return done
+
+    kw = dict(gen_length=8, block_length=4, steps=4, policy=P.Threshold(0.3), temperature=0.7, seed=3, mask_id=MASK)
+    want = dmkernels.generate(ToyModel(), prompts(), **kw)
+    spy = Spy()
+    got = dmkernels.generate(ToyModel(), prompts(), parallel=spy, **kw)
+    assert torch.equal(got.sequences, want.sequences)
+    assert spy.calls[0] == ("begin", 2)
+    assert [c for c in spy.calls if c[0] == "token_stats"] == [("token_stats", 0)] * got.model_calls
+    assert sum(c[0] == "agree" for c in spy.calls) == got.model_calls
+    same = dmkernels.generate(ToyModel(), prompts(), parallel=D.SingleProcess(), **kw)
+    assert torch.equal(same.sequences, want.sequences)

@@ -6,7 +6,7 @@ the same run as ``python -m dmkernels.bench quality`` (dmkernels/bench/quality.p
 """
 import sys
 
-from dmkernels.bench.__main__ import main
+from dmkernels.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["quality", *sys.argv[1:]]))

@@ -151,14 +151,12 @@ def main(argv=None):
 
     def greedy(p, s, rival=None):
         """Solve rate and cell accuracy at --steps calls of the policy, greedy (the
-        trainers call back from inside their loop, where it explores), or of a rival."""
-        saved, policy.explore = policy.explore, None
+        trainers explore in their rollouts only, never on the policy itself), or of a rival."""
         policy.scorer.eval()
         try:
             r = evaluate(model.model, p, s, rival or policy, args.steps)
         finally:
             policy.scorer.train()
-            policy.explore = saved
         r.pop("solved")
         return r
 

@@ -26,7 +26,6 @@ Cases (``large`` ones are the reported shapes):
 from __future__ import annotations
 
 import gc
-import sys
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -442,8 +441,3 @@ def run_cli(device: torch.device, *, quick: bool, name_filter: str | None, meta:
     print(f"{len(records)} end-to-end cases in {time.perf_counter() - started:.0f} s")
     return records
 
-
-if __name__ == "__main__":  # pragma: no cover - python -m dmkernels.bench.e2e [args] == ... bench --e2e [args]
-    from dmkernels.bench.__main__ import main
-
-    sys.exit(main(["--e2e", *sys.argv[1:]]))

@@ -26,6 +26,7 @@ import torch
 
 import dmkernels
 from dmkernels import policies as P
+from dmkernels.constants import LLADA_MASK_ID
 from dmkernels.learned import LearnedPolicy
 
 SCHEDULED_STEPS = (10, 20, 57)
@@ -53,7 +54,8 @@ class NoMaskProposals(torch.nn.Module):
 
 class Counted(P.Policy):
     """Wraps a policy: counts, per row, the steps in which it still had a mask, and
-    the time spent choosing."""
+    the time spent choosing. A measuring wrapper made fresh for each evaluation:
+    unlike the library's policies it keeps what it counts on itself."""
 
     def __init__(self, inner: P.Policy):
         self.inner = inner
@@ -231,7 +233,7 @@ def policy_cost(log=print) -> list[dict]:
     for name, make in (("LowConfidence", P.LowConfidence),
                        ("Learned[mlp]", lambda: LearnedPolicy(MLPScorer())),
                        ("Learned[transformer]", lambda: LearnedPolicy(TransformerScorer()))):
-        net = NoMaskProposals(model, 126336)
+        net = NoMaskProposals(model, LLADA_MASK_ID)
         counted = Counted(make())
         t0 = time.perf_counter()
         dmkernels.generate(net, prompt, gen_length=256, block_length=32, steps=64, policy=counted, seed=0)

@@ -15,7 +15,7 @@ import torch
 
 from .. import ops
 from ..policies import DreamOrigin, Entropy, LowConfidence, Margin
-from ..sampler import ModelRunner, Sampler
+from ..sampler import ModelRunner, Sampler, SamplerConfig
 from ..schedules import DreamTimesteps
 
 __all__ = ["diffusion_generate", "patch", "DreamGenerationConfig", "DreamModelOutput"]
@@ -123,8 +123,7 @@ class _DreamSampler(Sampler):
         return ops.TokenStats(*(torch.cat([h, t], dim=1) for h, t in zip(head, tail)))
 
     def step_stats(self, step, start, end, eligible):
-        logits, _ = self.cache.logits(self.runner, self.x, 0, self.x.shape[1], step)
-        self.model_calls += 1
+        logits, _ = self.model_logits(step, 0, self.x.shape[1])
         self.hook_logits = None
         if self.logits_hook is not None:
             shifted = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # the hook's contract needs it
@@ -236,13 +235,11 @@ def diffusion_generate(model, inputs=None, generation_config=None, **kwargs):
 
     runner = ModelRunner(model, attention_mask=full_mask, call=call)
     history = [] if (config.return_dict_in_generate and config.output_history) else None
-    sampler = _DreamSampler(model, input_ids, attention_mask=None, gen_length=gen_length, block_length=gen_length,
-                            steps=config.steps, policy=policy, temperature=config.temperature or 0.0,
-                            cfg_scale=0.0, eos_token_id=None, cache=None, seed=None, progress=False,
-                            mask_id=config.mask_token_id, shift_logits=True, backend=None, runner=runner,
-                            top_p=config.top_p, top_k=config.top_k, tokens_hook=tokens_hook,
-                            logits_hook=logits_hook, history=history, caller=_CALLER,
-                            arg_names={"input_ids": "inputs", "mask_id": "mask_token_id"})
+    settings = SamplerConfig(gen_length=gen_length, block_length=gen_length, steps=config.steps,
+                             temperature=config.temperature or 0.0, mask_id=config.mask_token_id, shift_logits=True,
+                             caller=_CALLER, arg_names={"input_ids": "inputs", "mask_id": "mask_token_id"})
+    sampler = _DreamSampler(model, input_ids, policy, settings, runner=runner, top_p=config.top_p, top_k=config.top_k,
+                            tokens_hook=tokens_hook, logits_hook=logits_hook, history=history)
     x = sampler.run().sequences
     if config.return_dict_in_generate:
         return DreamModelOutput(sequences=x, history=history)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from ..constants import LLADA_MASK_ID
 from ..policies import Factor, LowConfidence, Policy, Random, Threshold
-from ..sampler import Sampler
+from ..sampler import Sampler, SamplerConfig
 
 __all__ = ["generate", "generate_with_prefix_cache", "generate_with_dual_cache"]
 
@@ -51,12 +52,10 @@ def _policy(remasking, threshold, factor, caller) -> Policy:
 def _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor, cache,
          name):
     caller = f"compat.fast_dllm.{name}"
-    sampler = Sampler(model, prompt, attention_mask=None, gen_length=gen_length, block_length=block_length,
-                      steps=steps, policy=_policy(remasking, threshold, factor, caller), temperature=temperature,
-                      cfg_scale=0.0, eos_token_id=None, cache=cache, seed=None, progress=False, mask_id=mask_id,
-                      shift_logits=False, backend=None, stop_when_block_done=True, caller=caller,
-                      arg_names={"input_ids": "prompt"})
-    out = sampler.run()
+    config = SamplerConfig(gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
+                           cache=cache, mask_id=mask_id, stop_when_block_done=True, caller=caller,
+                           arg_names={"input_ids": "prompt"})
+    out = Sampler(model, prompt, _policy(remasking, threshold, factor, caller), config).run()
     return out.sequences, out.model_calls
 
 
@@ -70,21 +69,21 @@ _NOTE = """
 
 @torch.no_grad()
 def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
-             remasking='low_confidence', mask_id=126336, threshold=None, factor=None):
+             remasking='low_confidence', mask_id=LLADA_MASK_ID, threshold=None, factor=None):
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
                 None, "generate")
 
 
 @torch.no_grad()
 def generate_with_prefix_cache(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
-                               remasking='low_confidence', mask_id=126336, threshold=None, factor=None):
+                               remasking='low_confidence', mask_id=LLADA_MASK_ID, threshold=None, factor=None):
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
                 "prefix", "generate_with_prefix_cache")
 
 
 @torch.no_grad()
 def generate_with_dual_cache(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
-                             remasking='low_confidence', mask_id=126336, threshold=None, factor=None):
+                             remasking='low_confidence', mask_id=LLADA_MASK_ID, threshold=None, factor=None):
     return _run(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id, threshold, factor,
                 "dual", "generate_with_dual_cache")
 

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import torch
 
+from ..constants import LLADA_EOS_ID, LLADA_EOT_ID, LLADA_MASK_ID
 from ..policies import LowConfidence, Random
-from ..sampler import Sampler
+from ..sampler import Sampler, SamplerConfig
 
 __all__ = ["generate", "EOS_ID", "EOT_ID"]
 
-EOS_ID = 126081  # <|endoftext|> in LLaDA's vocabulary
-EOT_ID = 126348  # <|eot_id|>
+EOS_ID = LLADA_EOS_ID  # <|endoftext|> in LLaDA's vocabulary
+EOT_ID = LLADA_EOT_ID  # <|eot_id|>
 
 
 @torch.no_grad()
 def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128, temperature=0.,
-             cfg_scale=0., remasking='low_confidence', mask_id=126336, logits_eos_inf=False,
+             cfg_scale=0., remasking='low_confidence', mask_id=LLADA_MASK_ID, logits_eos_inf=False,
              confidence_eos_eot_inf=False):
     """LLaDA's sampler, on dmkernels' fused ops. Same arguments, same returned canvas
     ``[B, prompt + gen_length]``; identical tokens at temperature 0, the same
@@ -48,11 +49,9 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
         suppressed = (stats.token == EOS_ID) | (stats.token == EOT_ID)
         return stats._replace(confidence=stats.confidence.masked_fill(suppressed, -torch.inf))
 
-    sampler = Sampler(model, prompt, attention_mask=attention_mask, gen_length=gen_length,
-                      block_length=block_length, steps=steps, policy=policy, temperature=temperature,
-                      cfg_scale=cfg_scale, eos_token_id=None, cache=None, seed=None, progress=False,
-                      mask_id=mask_id, shift_logits=False, backend=None,
-                      logits_processor=logits_processor if logits_eos_inf else None,
-                      score_processor=score_processor if confidence_eos_eot_inf else None,
-                      caller="compat.llada.generate", arg_names={"input_ids": "prompt"})
-    return sampler.run().sequences
+    config = SamplerConfig(gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
+                           cfg_scale=cfg_scale, mask_id=mask_id,
+                           logits_processor=logits_processor if logits_eos_inf else None,
+                           score_processor=score_processor if confidence_eos_eot_inf else None,
+                           caller="compat.llada.generate", arg_names={"input_ids": "prompt"})
+    return Sampler(model, prompt, policy, config, attention_mask=attention_mask).run().sequences

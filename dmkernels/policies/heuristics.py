@@ -1,55 +1,18 @@
-"""Scheduling policies: which masked positions a denoising step commits.
-
-A policy turns the step's statistics into a selection with the core ops, on the
-device. Write your own by subclassing :class:`Policy` and returning a bool mask
-from :meth:`Policy.select`; no host sync is allowed there. Pass
-``backend=ctx.backend`` to every op, so that ``generate(..., backend=...)``
-runs the whole step on the backend the caller chose::
-
-    class MostConfidentHalf(Policy):
-        adaptive = True                      # run until the block is done
-        def select(self, ctx):
-            k = (ctx.eligible.sum(-1) + 1) // 2
-            return select_topk(ctx.stats.confidence, k, ctx.eligible, backend=ctx.backend)
-
-Two kinds of policy exist. *Scheduled* policies (``adaptive = False``) commit
-the count their :class:`~dmkernels.schedules.Schedule` gives, so a block takes
-exactly ``steps`` steps. *Adaptive* policies (``adaptive = True``) decide how
-many to commit from the scores and the block runs until no mask is left (at
-most ``block_length`` steps, since every step commits at least one position of
-every row that has one).
-"""
+"""The heuristic policies: the public samplers' rules (LLaDA, Dream, Fast-dLLM,
+EB-Sampler, DUS) on the core ops. See :mod:`dmkernels.policies`."""
 from __future__ import annotations
 
-import dataclasses
+import functools
+
 import torch
 
-from . import _checks as check
-from . import ops
-from .schedules import DreamTimesteps, LinearCounts, Schedule
+from .. import _checks as check
+from .. import ops
+from ..schedules import DreamTimesteps
+from .base import Policy
 
-__all__ = [
-    "StepContext", "Policy", "LowConfidence", "Random", "Margin", "Entropy", "DreamOrigin",
-    "Threshold", "Factor", "EntropyBounded", "Dilated", "LearnedPolicy",
-]
-
-
-@dataclasses.dataclass
-class StepContext:
-    """What a policy sees at one step; every tensor is [B, W] over the current block."""
-
-    stats: ops.TokenStats          # token, confidence, margin, entropy (see dmkernels.token_stats)
-    eligible: torch.Tensor         # bool: masked positions of the block that may be committed
-    step: int | torch.Tensor       # step index within the block (0-based); a device scalar when captured
-    steps: int                     # steps per block for scheduled policies
-    block: int                     # block index
-    quota: torch.Tensor | None     # int64 [B] from the policy's schedule, or None
-    logits: torch.Tensor           # [B, W, V] rows of the block (read-only for policies)
-    x: torch.Tensor                # the canvas of the block [B, W] (read-only for policies)
-    generator: torch.Generator | None  # for policies that draw random numbers
-    schedule: Schedule | None
-    hidden: torch.Tensor | None = None  # [B, W, H] last hidden states, for policies with needs_hidden
-    backend: str | None = None     # the generation's backend: pass it to every op (backend=ctx.backend)
+__all__ = ["LowConfidence", "Random", "Margin", "Entropy", "DreamOrigin", "Threshold", "Factor", "EntropyBounded",
+           "Dilated"]
 
 
 def _gumbel_like(scores: torch.Tensor, generator) -> torch.Tensor:
@@ -63,32 +26,6 @@ def _sample_topk(scores: torch.Tensor, quota, eligible, alg_temp, generator, bac
     if alg_temp:
         scores = scores.float() / alg_temp + _gumbel_like(scores, generator)
     return ops.select_topk(scores, quota, eligible, backend=backend)
-
-
-class Policy:
-    """Base class of the scheduling rules."""
-
-    adaptive: bool = False
-    #: scores under softmax(x / T) (Dream) instead of softmax(x) (LLaDA) when T > 0
-    tempered_scores: bool = False
-    #: draws random numbers from ``ctx.generator``
-    needs_generator: bool = False
-    #: reads ``ctx.quota`` (the schedule's count for the step)
-    uses_quota: bool = True
-
-    def __init__(self, schedule: Schedule | None = None):
-        if schedule is not None and not isinstance(schedule, Schedule):
-            # e.g. LowConfidence(0.9) meant as a threshold: refuse now, not at the first step
-            raise TypeError(f"{type(self).__module__}.{type(self).__qualname__}: schedule must be a "
-                            f"dmkernels.schedules.Schedule or None, got {type(schedule).__name__}")
-        self.schedule = schedule if schedule is not None else (None if self.adaptive else LinearCounts())
-
-    def select(self, ctx: StepContext) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __repr__(self):
-        fields = {k: v for k, v in vars(self).items() if not k.startswith("_")}
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
 
 class LowConfidence(Policy):
@@ -230,13 +167,9 @@ class Dilated(Policy):
             remask_threshold = check.real("policies.Dilated", "remask_threshold", remask_threshold,
                                           minimum=0.0, maximum=1.0)
         self.remask_threshold = remask_threshold
-        self._groups = {}
 
     def groups(self, block_length: int, device) -> torch.Tensor:
-        key = (block_length, str(device))
-        if key not in self._groups:
-            self._groups[key] = ops.dilated_groups(block_length, self.base, device=device)
-        return self._groups[key]
+        return _dilated_groups(block_length, self.base, str(device))
 
     def select(self, ctx):
         groups = self.groups(ctx.eligible.shape[1], ctx.eligible.device)
@@ -247,5 +180,8 @@ class Dilated(Policy):
         return select
 
 
-# After Policy and StepContext: dmkernels.learned builds on them.
-from .learned import LearnedPolicy  # noqa: E402
+@functools.lru_cache(maxsize=64)
+def _dilated_groups(block_length: int, base: int, device: str) -> torch.Tensor:
+    # Built once per (length, base, device) and shared, not kept on the policy: a
+    # policy holds no state that generating changes. Read-only for callers.
+    return ops.dilated_groups(block_length, base, device=torch.device(device))

@@ -1,0 +1,462 @@
+"""Learned scheduling policies: a small network scores the masked positions.
+
+:class:`LearnedPolicy` turns a step's statistics into per-position features on
+the device, scores them with a scorer, and selects from the scores, like any
+other :class:`~dmkernels.policies.Policy`:
+
+  features  [B, W, F]: confidence, margin, entropy, log-probability of the
+            proposed token, relative position in the block, step fraction,
+            mask bit. Positions that are not masked get zeros but their mask
+            bit. A scorer built with ``hidden_size`` also reads the model's last
+            hidden state through a linear projection (the sampler then calls
+            the model with ``output_hidden_states=True``).
+  scorer    [B, W, F] -> [B, W]: :class:`MLPScorer` (per position, about 150
+            parameters) or :class:`TransformerScorer` (one transformer block
+            over the block's feature sequence with step conditioning, about
+            0.3M parameters; it sees which positions are still masked, so it
+            can learn which ones interact).
+  selection "topk": the schedule's count (fixed-step decoding, like
+            LowConfidence); "threshold": every position with
+            sigmoid(score) > 0.5, at least the best (adaptive decoding, the
+            policy's own count, like Fast-dLLM's threshold).
+
+For training (:mod:`dmkernels.train`), exploring makes the choice stochastic:
+Plackett-Luce sampling of the top-k set (Gumbel-top-k on score / explore) or
+independent Bernoulli(sigmoid(score)) draws in threshold mode. A training
+rollout passes a :class:`Trajectory` to the sampler as its recorder (it reaches
+the policy as ``ctx.recorder``): the rollout explores at the trajectory's
+``explore`` and the trajectory records what each step saw and chose, so that the
+exact log-probability of the chosen sets can be recomputed under new parameters
+(:func:`set_log_prob`). The policy object itself is never changed by a rollout.
+
+Save and load with safetensors: :meth:`LearnedPolicy.save` / :meth:`LearnedPolicy.load`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .. import _checkpoint
+from .. import _checks as check
+from .. import ops
+from .base import Policy, StepContext
+
+__all__ = ["FEATURES", "LearnedPolicy", "MLPScorer", "TransformerScorer", "Trajectory", "set_log_prob",
+           "step_features"]
+
+FEATURES = ("confidence", "margin", "entropy", "log_prob", "position", "step_fraction", "mask")
+NUM_FEATURES = len(FEATURES)
+_LOG_FLOOR = -30.0
+
+
+def step_features(ctx: StepContext) -> torch.Tensor:
+    """float32 features [B, W, 7] of a step (order: FEATURES), computed on the device."""
+    s = ctx.stats
+    eligible = ctx.eligible
+    B, W = eligible.shape
+
+    def clean(v):  # -inf / +inf / NaN (positions not masked, rows without a distribution) -> 0
+        v = v.float()
+        return torch.where(eligible & torch.isfinite(v), v, 0.0)
+
+    confidence = clean(s.confidence)
+    log_prob = torch.where(confidence > 0, torch.log(confidence.clamp_min(1e-30)), 0.0).clamp_min(_LOG_FLOOR)
+    position = torch.arange(W, device=eligible.device, dtype=torch.float32) / max(W - 1, 1)
+    steps = max(int(ctx.steps), 1)
+    step = torch.as_tensor(ctx.step, device=eligible.device, dtype=torch.float32)
+    return torch.stack([
+        confidence,
+        clean(s.margin),
+        clean(s.entropy),
+        torch.where(eligible, log_prob, 0.0),
+        position.expand(B, W),
+        (step / steps).expand(B, W),
+        eligible.float(),
+    ], dim=-1)
+
+
+class _HiddenInput(nn.Module):
+    """Optional input from the model: its last hidden state [B, W, hidden_size]
+    through a linear projection to ``hidden_features`` extra features."""
+
+    def _init_hidden(self, hidden_size, hidden_features):
+        self.hidden_proj = nn.Linear(hidden_size, hidden_features) if hidden_size else None
+        return hidden_features if hidden_size else 0
+
+    def _inputs(self, features, hidden):
+        if self.hidden_proj is None:
+            return features
+        if hidden is None:
+            raise ValueError(f"{type(self).__name__}: built with hidden_size, but no hidden states were given")
+        return torch.cat([features, self.hidden_proj(hidden.to(features.dtype))], dim=-1)
+
+
+class MLPScorer(_HiddenInput):
+    """One score per position from its features alone: F -> hidden -> 1."""
+
+    def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 16, hidden_size: int | None = None,
+                 hidden_features: int = 8):
+        super().__init__()
+        self.config = dict(kind="mlp", num_features=num_features, hidden=hidden, hidden_size=hidden_size,
+                           hidden_features=hidden_features)
+        width = num_features + self._init_hidden(hidden_size, hidden_features)
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self._inputs(features, hidden)).squeeze(-1)
+
+
+class TransformerScorer(_HiddenInput):
+    """One pre-norm transformer block over the block's feature sequence.
+
+    Inputs: features projected to ``d_model``, plus a learned position embedding
+    (up to ``max_positions`` positions per block) and a step embedding (a
+    projection of the step fraction), so the scores of a position depend on
+    which other positions are still masked and how sure the model is there.
+    """
+
+    def __init__(self, num_features: int = NUM_FEATURES, d_model: int = 128, heads: int = 4, ff: int = 512,
+                 max_positions: int = 512, hidden_size: int | None = None, hidden_features: int = 8):
+        super().__init__()
+        self.config = dict(kind="transformer", num_features=num_features, d_model=d_model, heads=heads, ff=ff,
+                           max_positions=max_positions, hidden_size=hidden_size, hidden_features=hidden_features)
+        self.inp = nn.Linear(num_features + self._init_hidden(hidden_size, hidden_features), d_model)
+        self.pos = nn.Embedding(max_positions, d_model)
+        self.step = nn.Linear(1, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, ff), nn.GELU(), nn.Linear(ff, d_model))
+        self.out = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 1))
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        B, W, _ = features.shape
+        if W > self.pos.num_embeddings:
+            raise ValueError(f"TransformerScorer: blocks of {W} positions exceed max_positions = "
+                             f"{self.pos.num_embeddings}")
+        step_fraction = features[..., FEATURES.index("step_fraction"):FEATURES.index("step_fraction") + 1]
+        h = self.inp(self._inputs(features, hidden)) + self.pos.weight[:W] + self.step(step_fraction)
+        a = self.norm1(h)
+        h = h + self.attn(a, a, a, need_weights=False)[0]
+        h = h + self.ff(self.norm2(h))
+        return self.out(h).squeeze(-1)
+
+
+SCORERS = {"mlp": MLPScorer, "transformer": TransformerScorer}
+
+# What LearnedPolicy.load accepts: scorers are small networks, so these caps are far
+# above any sensible one and far below what would exhaust a machine's memory.
+_MAX_WIDTH = 4096        # hidden, d_model, hidden_features
+_MAX_FF = 16384
+_MAX_HEADS = 256
+_MAX_POSITIONS = 65536
+_MAX_MODEL_HIDDEN = 65536  # hidden_size: the language model's hidden state
+_MAX_PARAMETERS = 1 << 26
+_SCORER_KEYS = {
+    "mlp": ("num_features", "hidden", "hidden_size", "hidden_features"),
+    "transformer": ("num_features", "d_model", "heads", "ff", "max_positions", "hidden_size", "hidden_features"),
+}
+
+
+def _scorer_config(op: str, where: str, config) -> dict:
+    """A scorer's saved configuration, every field's type and range checked."""
+    if not isinstance(config, dict):
+        check.fail(op, f"{where}: scorer must be a JSON object, got {type(config).__name__}")
+    kind = _checkpoint.choice(op, where, "scorer.kind", config.get("kind"), tuple(SCORERS))
+    _checkpoint.keys(op, where + " scorer", config, ("kind",) + _SCORER_KEYS[kind], required=("kind",))
+    out = dict(config)
+    limits = dict(hidden=_MAX_WIDTH, d_model=_MAX_WIDTH, hidden_features=_MAX_WIDTH, ff=_MAX_FF,
+                  heads=_MAX_HEADS, max_positions=_MAX_POSITIONS, hidden_size=_MAX_MODEL_HIDDEN)
+    for name, value in config.items():
+        if name == "kind" or (name == "hidden_size" and value is None):
+            continue
+        if name == "num_features":  # step_features is what the scorer reads
+            _checkpoint.integer(op, where, "scorer.num_features", value, NUM_FEATURES, NUM_FEATURES)
+        else:
+            _checkpoint.integer(op, where, f"scorer.{name}", value, 1, limits[name])
+    if kind == "transformer":
+        d_model = out.get("d_model", 128)
+        heads = out.get("heads", 4)
+        if d_model % heads:
+            check.fail(op, f"{where}: scorer.d_model ({d_model}) must be a multiple of scorer.heads ({heads})")
+    return out
+
+
+def _scorer_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes (state_dict names) of the scorer ``config`` describes, computed
+    without building it."""
+    kind = config["kind"]
+    defaults = dict(num_features=NUM_FEATURES, hidden=16, d_model=128, heads=4, ff=512, max_positions=512,
+                    hidden_size=None, hidden_features=8)
+    c = {**defaults, **config}
+    shapes = {}
+    width = c["num_features"]
+    if c["hidden_size"]:
+        shapes["hidden_proj.weight"] = (c["hidden_features"], c["hidden_size"])
+        shapes["hidden_proj.bias"] = (c["hidden_features"],)
+        width += c["hidden_features"]
+    if kind == "mlp":
+        h = c["hidden"]
+        shapes.update({"net.0.weight": (h, width), "net.0.bias": (h,), "net.2.weight": (1, h), "net.2.bias": (1,)})
+        return shapes
+    d, ff = c["d_model"], c["ff"]
+    shapes.update({
+        "inp.weight": (d, width), "inp.bias": (d,),
+        "pos.weight": (c["max_positions"], d),
+        "step.weight": (d, 1), "step.bias": (d,),
+        "norm1.weight": (d,), "norm1.bias": (d,),
+        "attn.in_proj_weight": (3 * d, d), "attn.in_proj_bias": (3 * d,),
+        "attn.out_proj.weight": (d, d), "attn.out_proj.bias": (d,),
+        "norm2.weight": (d,), "norm2.bias": (d,),
+        "ff.0.weight": (ff, d), "ff.0.bias": (ff,), "ff.2.weight": (d, ff), "ff.2.bias": (d,),
+        "out.0.weight": (d,), "out.0.bias": (d,), "out.1.weight": (1, d), "out.1.bias": (1,),
+    })
+    return shapes
+
+
+@dataclass
+class Trajectory:
+    """The recorder of a rollout: what a learned policy saw and chose at each step
+    (for the trainers).
+
+    Pass it to the sampler (``Sampler(..., recorder=trajectory)``; the trainers'
+    :func:`dmkernels.train.rollout` does); the policy finds it as ``ctx.recorder``.
+    ``explore`` is the temperature the recorded rollout explores at (None:
+    deterministic), whatever the policy's own ``explore``; the log-probabilities
+    are taken at it (1 when None).
+
+    Per step: features [B, W, F], hidden states (or None), proposed tokens
+    [B, W], eligible [B, W], quota [B] (top-k mode) or None, chosen [B, W], and
+    the log-probability of the chosen set under the policy that chose it [B].
+    """
+
+    explore: float | None = None
+
+    features: list = field(default_factory=list)
+    hidden: list = field(default_factory=list)  # [B, W, H] per step when the scorer reads hidden states
+    tokens: list = field(default_factory=list)  # [B, W] the proposed tokens (stats.token)
+    eligible: list = field(default_factory=list)
+    quota: list = field(default_factory=list)
+    chosen: list = field(default_factory=list)
+    log_prob: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.explore is not None:
+            self.explore = check.real("learned.Trajectory", "explore", self.explore, minimum=0.0, above=True)
+
+    def __len__(self):
+        return len(self.features)
+
+    @property
+    def temperature(self) -> float:
+        """The temperature of the recorded sets' log-probabilities."""
+        return self.explore or 1.0
+
+    def record(self, features, hidden, tokens, eligible, quota, chosen, log_prob) -> None:
+        """Append one step (the tensors are kept: pass copies of anything the sampler reuses)."""
+        self.features.append(features)
+        self.hidden.append(hidden)
+        self.tokens.append(tokens)
+        self.eligible.append(eligible)
+        self.quota.append(quota)
+        self.chosen.append(chosen)
+        self.log_prob.append(log_prob)
+
+
+class LearnedPolicy(Policy):
+    """A scorer network choosing which masked positions to commit.
+
+    Parameters
+    ----------
+    scorer : an ``nn.Module`` mapping features [B, W, F] to scores [B, W]
+        (:class:`MLPScorer`, :class:`TransformerScorer` or your own).
+    selection : "topk" (the schedule's count per step; scheduled) or
+        "threshold" (sigmoid(score) > 0.5, at least one; adaptive).
+    schedule : for "topk"; default LinearCounts.
+    explore : None (deterministic) or a temperature > 0: sample the chosen set
+        (Plackett-Luce on score / explore for "topk", Bernoulli(sigmoid(score /
+        explore)) for "threshold"), drawing from ``ctx.generator``. A step with
+        a :class:`Trajectory` recorder explores at the recorder's ``explore``.
+
+    The policy holds settings and the scorer only: generating with it, or a
+    training rollout, leaves it as it was (the trainers change the scorer's
+    parameters, nothing else).
+    """
+
+    def __init__(self, scorer: nn.Module, *, selection: str = "topk", schedule=None, explore: float | None = None):
+        if selection not in ("topk", "threshold"):
+            raise ValueError(f"LearnedPolicy: selection must be 'topk' or 'threshold', got {selection!r}")
+        self.adaptive = selection == "threshold"
+        super().__init__(schedule)
+        self.scorer = scorer
+        self.selection = selection
+        self.explore = explore
+        self.needs_generator = True  # only draws when exploring; harmless otherwise
+
+    @property
+    def explore(self) -> float | None:
+        return self._explore
+
+    @explore.setter
+    def explore(self, value) -> None:
+        # Checked on every assignment, not only in __init__.
+        if value is not None:
+            value = check.real("learned.LearnedPolicy", "explore", value, minimum=0.0, above=True)
+        self._explore = value
+
+    @property
+    def uses_quota(self):
+        return self.selection == "topk"
+
+    @property
+    def needs_hidden(self) -> bool:
+        """The scorer reads the model's last hidden state (the sampler then asks the
+        model for ``output_hidden_states``)."""
+        return bool(getattr(self.scorer, "config", {}).get("hidden_size"))
+
+    def scores(self, features: torch.Tensor, eligible: torch.Tensor, hidden: torch.Tensor | None = None):
+        """float32 scores [B, W]; -inf where not eligible."""
+        s = (self.scorer(features, hidden) if hidden is not None else self.scorer(features)).float()
+        return torch.where(eligible, s, float("-inf"))
+
+    @torch.no_grad()
+    def select(self, ctx: StepContext) -> torch.Tensor:
+        features = step_features(ctx)
+        hidden = ctx.hidden if self.needs_hidden else None
+        if self.needs_hidden and hidden is None:
+            raise ValueError("LearnedPolicy: the scorer reads hidden states but the step has none")
+        scores = self.scores(features, ctx.eligible, hidden)
+        recorder = ctx.recorder
+        explore = self.explore if recorder is None else recorder.explore
+        if explore:
+            chosen = self._sample(scores, ctx, explore)
+        elif self.selection == "topk":
+            chosen = ops.select_topk(scores, ctx.quota, ctx.eligible, backend=ctx.backend)
+        else:
+            chosen = ops.select_threshold(torch.sigmoid(scores), ctx.eligible, 0.5, backend=ctx.backend)
+        if recorder is not None:
+            recorder.record(features, None if hidden is None else hidden.detach().clone(), ctx.stats.token.clone(),
+                            ctx.eligible.clone(), None if ctx.quota is None else ctx.quota.clone(), chosen,
+                            set_log_prob(scores, chosen, ctx.eligible, self.selection, explore or 1.0))
+        return chosen
+
+    def _sample(self, scores: torch.Tensor, ctx: StepContext, explore: float) -> torch.Tensor:
+        u = torch.rand(scores.shape, device=scores.device, generator=ctx.generator).clamp_min(1e-12)
+        if self.selection == "topk":
+            gumbel = -torch.log(-torch.log(u))
+            return ops.select_topk(scores / explore + gumbel, ctx.quota, ctx.eligible, backend=ctx.backend)
+        p = torch.sigmoid(scores / explore)
+        drawn = ctx.eligible & (u < p)
+        # None drawn in a row that has eligible positions: take the most likely one.
+        best = ops.select_topk(scores, torch.ones_like(ctx.eligible[:, 0], dtype=torch.int64), ctx.eligible,
+                               backend=ctx.backend)
+        return torch.where(drawn.any(-1, keepdim=True), drawn, best)
+
+    # Persistence -------------------------------------------------------------
+
+    def save(self, path: str) -> None:
+        """Weights and configuration in one safetensors file."""
+        from safetensors.torch import save_file
+
+        config = getattr(self.scorer, "config", None)
+        if config is None:
+            raise ValueError("LearnedPolicy.save: the scorer needs a .config dict (MLPScorer, TransformerScorer)")
+        meta = {"dmkernels": json.dumps(dict(scorer=config, selection=self.selection))}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.scorer.state_dict().items()}
+        save_file(tensors, path, metadata=meta)
+
+    @classmethod
+    def load(cls, path: str, *, device=None, schedule=None, explore=None) -> "LearnedPolicy":
+        from safetensors.torch import load_file
+
+        # Everything is checked against the file's header before the scorer is built:
+        # a crafted configuration must not decide how much memory is allocated.
+        op = "learned.LearnedPolicy.load"
+        meta, tensors = _checkpoint.header(op, path)
+        if "dmkernels" not in meta:
+            check.fail(op, f"{path} was not written by LearnedPolicy.save (no 'dmkernels' metadata)")
+        where = f"{path} (metadata 'dmkernels')"
+        saved = _checkpoint.json_object(op, where, meta["dmkernels"])
+        _checkpoint.keys(op, where, saved, ("scorer", "selection"), required=("scorer", "selection"))
+        selection = _checkpoint.choice(op, where, "selection", saved["selection"], ("topk", "threshold"))
+        config = _scorer_config(op, where, saved["scorer"])
+        _checkpoint.match(op, path, _scorer_shapes(config), tensors, _MAX_PARAMETERS)
+        kind = config.pop("kind")
+        scorer = SCORERS[kind](**config)
+        scorer.load_state_dict(load_file(path))
+        scorer.eval()
+        if device is not None:
+            scorer.to(device)
+        return cls(scorer, selection=selection, schedule=schedule, explore=explore)
+
+    def __repr__(self):
+        kind = getattr(self.scorer, "config", {}).get("kind", type(self.scorer).__name__)
+        return f"LearnedPolicy({kind}, selection={self.selection!r}, explore={self.explore!r})"
+
+
+# Log-probability of a chosen set ----------------------------------------------
+
+MAX_EXACT_SET = 12
+
+
+def set_log_prob(scores: torch.Tensor, chosen: torch.Tensor, eligible: torch.Tensor, selection: str,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """log P(chosen set) [B] under the exploring policy with these scores.
+
+    "threshold": independent Bernoulli(sigmoid(score / T)) over eligible positions,
+    and a row that drew nothing takes its best position, so a chosen singleton
+    {best} also has the probability of drawing nothing.
+
+    "topk": k positions drawn without replacement with probabilities
+    proportional to w = exp(score / T) (Plackett-Luce). The set's probability
+    is that the k chosen all come before every other position in a race of
+    exponential clocks with rates w:
+      P(S) = integral_0^inf w_R e^{-w_R t} prod_{i in S} (1 - e^{-w_i t}) dt
+           = sum_{A subset of S} (-1)^|A| w_R / (w_R + w_A)
+    with w_R the total weight of the unchosen eligible positions: exact, in
+    2^k terms, for k <= MAX_EXACT_SET. Differentiable in ``scores``.
+    """
+    z = scores.double() / temperature
+    if selection == "threshold":
+        logp = torch.nn.functional.logsigmoid(z)
+        log1mp = torch.nn.functional.logsigmoid(-z)
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        drawn = torch.where(chosen, logp, torch.where(eligible, log1mp, zero)).sum(-1)
+        none = torch.where(eligible, log1mp, zero).sum(-1)
+        single = chosen.sum(-1) == 1
+        best = torch.where(eligible, z, -math.inf).argmax(-1, keepdim=True)
+        is_best = chosen.gather(-1, best).squeeze(-1) & single
+        return torch.where(is_best, torch.logaddexp(drawn, none), drawn)
+
+    k = chosen.sum(-1)
+    K = int(k.max()) if k.numel() else 0
+    if K > MAX_EXACT_SET:
+        raise ValueError(f"set_log_prob: sets of {K} positions exceed the exact limit {MAX_EXACT_SET}; "
+                         "use more steps (fewer positions per step)")
+    B = z.shape[0]
+    if K == 0:
+        return z.new_zeros(B)
+    zmax = torch.where(eligible, z, -math.inf).max(-1, keepdim=True).values
+    w = torch.where(eligible, torch.exp(z - zmax), 0.0)
+    w_rest = torch.where(chosen, 0.0, w).sum(-1)  # [B]
+    # Chosen weights padded to K; padding acts as an infinite weight (always first).
+    order = torch.argsort(chosen.to(torch.int8), dim=-1, descending=True, stable=True)[:, :K]
+    w_chosen = w.gather(-1, order)
+    real = torch.arange(K, device=z.device)[None, :] < k[:, None]
+    subsets = torch.arange(1 << K, device=z.device)
+    bits = ((subsets[:, None] >> torch.arange(K, device=z.device)[None, :]) & 1).bool()  # [2^K, K]
+    size = bits.sum(-1)
+    sign = torch.where(size % 2 == 0, 1.0, -1.0).to(z.dtype)
+    w_subset = (bits[None].to(z.dtype) * w_chosen[:, None, :]).sum(-1)  # [B, 2^K]
+    uses_pad = (bits[None] & ~real[:, None, :]).any(-1)
+    w_rest_safe = torch.where(w_rest > 0, w_rest, 1.0)[:, None]  # no 0/0, even in the gradient
+    terms = torch.where(uses_pad, 0.0, sign * w_rest_safe / (w_rest_safe + w_subset))
+    p = terms.sum(-1)
+    # Every eligible position chosen (w_rest = 0): the set is certain.
+    p = torch.where(w_rest > 0, p, 1.0)
+    return torch.log(p.clamp_min(1e-300))
