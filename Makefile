@@ -12,7 +12,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 TORCH_VERSION := 2.13.0
 
-.PHONY: install install-latest build bench test test-latest
+.PHONY: install install-latest build bench test test-latest gpu-check
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==$(TORCH_VERSION)
@@ -43,3 +43,10 @@ test: install
 test-latest: install-latest
 	$(PIP) list 2>/dev/null | grep -iE "^(torch|transformers|numpy|safetensors|triton|tqdm) "
 	$(PYTHON) -m pytest tests benchmarks -q --benchmark-disable $(TEST_ARGS)
+
+# The GPU validation in one command (README, "GPU check"): build for this GPU,
+# CUDA tests, compute-sanitizer, GPU benchmarks -> benchmarks/results/gpu_<device>.*
+# Uses the PyTorch/Triton/nvcc already on the machine: no install, nothing fetched.
+# Without CUDA: one line saying why, exit 0.
+gpu-check:
+	@$(PYTHON) -m dmkernels.bench.gpu_check $(GPU_CHECK_ARGS)
