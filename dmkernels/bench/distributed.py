@@ -25,7 +25,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-VOCAB = 126464
+from dmkernels.constants import LLADA_VOCAB_SIZE
+
+VOCAB = LLADA_VOCAB_SIZE
 
 
 def _median_s(fn, repeats: int) -> float:

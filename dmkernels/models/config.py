@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-__all__ = ["DiffusionLMConfig", "tiny_config", "llada_like_config"]
+from ..constants import LLADA_EOS_ID as LLADA_EOS_TOKEN_ID
+from ..constants import LLADA_MASK_ID as LLADA_MASK_TOKEN_ID
+from ..constants import LLADA_VOCAB_SIZE
 
-# LLaDA-8B's tokenizer (GSAI-ML/LLaDA-8B-Instruct).
-LLADA_VOCAB_SIZE = 126464
-LLADA_MASK_TOKEN_ID = 126336
-LLADA_EOS_TOKEN_ID = 126081
+__all__ = ["DiffusionLMConfig", "tiny_config", "llada_like_config"]
 
 
 class DiffusionLMConfig(PretrainedConfig):

@@ -64,6 +64,8 @@ from __future__ import annotations
 
 import torch
 
+from dmkernels.constants import LLADA_MASK_ID
+
 from ._common import gumbel_argmax_float64, linear_counts, ranked
 
 
@@ -126,7 +128,7 @@ def _count(counts, i, threshold, factor):
 
 @torch.no_grad()
 def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
-             remasking='low_confidence', mask_id=126336, threshold=None, factor=None):
+             remasking='low_confidence', mask_id=LLADA_MASK_ID, threshold=None, factor=None):
     x, P, num_blocks, steps_per_block = _setup(prompt, steps, gen_length, block_length, mask_id)
     nfe = 0
     for block in range(num_blocks):
@@ -148,7 +150,7 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
 
 @torch.no_grad()
 def generate_with_prefix_cache(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
-                               remasking='low_confidence', mask_id=126336, threshold=None, factor=None):
+                               remasking='low_confidence', mask_id=LLADA_MASK_ID, threshold=None, factor=None):
     x, P, num_blocks, steps_per_block = _setup(prompt, steps, gen_length, block_length, mask_id)
     nfe = 0
     for block in range(num_blocks):
@@ -181,7 +183,7 @@ def generate_with_prefix_cache(model, prompt, steps=128, gen_length=128, block_l
 
 @torch.no_grad()
 def generate_with_dual_cache(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.,
-                             remasking='low_confidence', mask_id=126336, threshold=None, factor=None):
+                             remasking='low_confidence', mask_id=LLADA_MASK_ID, threshold=None, factor=None):
     x, P, num_blocks, steps_per_block = _setup(prompt, steps, gen_length, block_length, mask_id)
     nfe = 0
     for block in range(num_blocks):

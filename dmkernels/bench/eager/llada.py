@@ -49,10 +49,12 @@ from __future__ import annotations
 
 import torch
 
+from dmkernels.constants import LLADA_EOS_ID, LLADA_EOT_ID, LLADA_MASK_ID
+
 from ._common import gumbel_argmax_float64, linear_counts, ranked
 
-EOS_ID = 126081
-EOT_ID = 126348
+EOS_ID = LLADA_EOS_ID
+EOT_ID = LLADA_EOT_ID
 
 
 def _logits(model, x, attention_mask, prompt_index, cfg_scale, mask_id):
@@ -69,7 +71,7 @@ def _logits(model, x, attention_mask, prompt_index, cfg_scale, mask_id):
 
 @torch.no_grad()
 def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128, temperature=0.,
-             cfg_scale=0., remasking='low_confidence', mask_id=126336, logits_eos_inf=False,
+             cfg_scale=0., remasking='low_confidence', mask_id=LLADA_MASK_ID, logits_eos_inf=False,
              confidence_eos_eot_inf=False):
     B, P = prompt.shape
     device = prompt.device
