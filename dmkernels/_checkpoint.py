@@ -25,8 +25,8 @@ def header(op: str, path) -> tuple[dict, dict[str, tuple[tuple[int, ...], str]]]
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            tensors = {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype())
-                       for name in f.keys()}
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            tensors = {name: (tuple(t.get_shape()), t.get_dtype()) for name, t in slices.items()}
     except FileNotFoundError:
         raise
     except (SafetensorError, OSError) as exc:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 from . import _checks as check
+from .reference.token_stats_partial import MAX_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _check_token_stats_partial(logits, temperature, seed, offset, tempered_score
     args = _check_token_stats(logits, temperature, seed, offset, tempered_scores, positions, rng, op=op)
     vocab_start = check.integer(op, "vocab_start", vocab_start, minimum=0)
     row_offset = check.integer(op, "row_offset", row_offset, minimum=0)
-    if vocab_start + logits.shape[-1] > 2**24:
+    if vocab_start + logits.shape[-1] > MAX_COLUMNS:
         check.fail(op, f"vocab_start + V = {vocab_start + logits.shape[-1]} exceeds 2**24")
     if row_offset + logits.numel() // logits.shape[-1] > 2**32:
         check.fail(op, "row_offset + rows exceeds 2**32")
@@ -476,11 +477,6 @@ _register(OpSpec(
     check=_check_commit, fake=_fake_commit, reference="commit_reference",
     samples=_commit_samples, bad=_commit_bad, mutates=("x",),
 ))
-
-
-def check_args(op: str, args: tuple) -> tuple:
-    """The raw arguments of ``op``, checked and normalised (ValueError / TypeError)."""
-    return OPS[op].check(*args)
 
 
 def register_fakes(namespace: str) -> None:

@@ -38,6 +38,12 @@ __all__ = ["TokenStats", "backends", "dilated_groups", *_SPECS]
 BACKENDS = ("native", "triton", "reference")
 
 
+def check_backend_name(op: str, backend) -> None:
+    """``backend`` must name a backend (or "auto"); ``op`` is the function named in the error."""
+    if backend not in ("auto",) + BACKENDS:
+        check.fail(op, f"backend must be one of {('auto',) + BACKENDS} (or None), got {backend!r}")
+
+
 def _choose(op: str, device: torch.device, backend: str | None) -> str:
     """The backend that runs ``op`` on ``device``: the ``backend`` keyword, else
     DMKERNELS_BACKEND, else the compiled kernel where built, Triton for CUDA
@@ -59,8 +65,8 @@ def _choose(op: str, device: torch.device, backend: str | None) -> str:
         if not _triton.AVAILABLE:
             check.fail(op, f"backend='triton' is not available: {_triton.REASON}", RuntimeError)
         _triton.load()
-    elif backend != "reference":
-        check.fail(op, f"backend must be one of {('auto',) + BACKENDS} (or None), got {backend!r}")
+    else:
+        check_backend_name(op, backend)
     return backend
 
 

@@ -121,7 +121,7 @@ class SamplerConfig:
 
 def _fail(msg: str, caller: str = "generate", kind: type[Exception] = ValueError):
     """``caller`` is the public function the user called (e.g. "infill", "compat.llada.generate")."""
-    raise kind(f"dmkernels.{caller}: {msg}")
+    check.fail(caller, msg, kind)
 
 
 def _logits_of(out, caller: str = "generate") -> torch.Tensor:
@@ -171,10 +171,10 @@ class ModelRunner:
         self.last_output = None
         # Set by the Sampler: the public function named in errors, and ((what, id), ...)
         # that the logits' vocabulary must cover when the model's config does not give
-        # its size (checked on the logits of every call, before anything is committed).
+        # its size (checked on the first call's logits, before anything is committed;
+        # emptied then, since every call has the same vocabulary).
         self.caller = "generate"
         self.needed_ids = ()
-        self.calls = 0
 
     def __call__(self, x_window: torch.Tensor, start: int, **kwargs):
         B = x_window.shape[0]
@@ -185,7 +185,6 @@ class ModelRunner:
             x_window = torch.cat([x_window, unconditional], dim=0)
         if self.output_hidden_states:
             kwargs["output_hidden_states"] = True
-        self.calls += 1
         try:
             if self.call is not None:
                 out = self.call(x_window, self.attention_mask, **kwargs)
@@ -196,7 +195,7 @@ class ModelRunner:
         except IndexError as e:
             # Vocabulary size unknown up front: an embedding lookup failing on the first
             # call is most likely an id outside the vocabulary; say which ids were given.
-            if self.calls > 1 or not self.needed_ids:
+            if not self.needed_ids:  # a later call, or a vocabulary known up front
                 raise
             given = ", ".join(f"{what} {value}" for what, value in self.needed_ids)
             raise ValueError(f"dmkernels.{self.caller}: the model's first call raised IndexError ({e}); every id "
@@ -221,6 +220,7 @@ class ModelRunner:
             if value >= V:
                 _fail(f"{what} {value} is outside the model's vocabulary [0, {V}) (the width of its logits)",
                       self.caller)
+        self.needed_ids = ()
         return logits
 
     def last_hidden(self) -> torch.Tensor:
@@ -268,16 +268,17 @@ class _HostFlag:
         return bool(host)
 
 
-def _with_settings(config, settings: dict, caller: str = "Sampler") -> SamplerConfig:
+def _with_settings(config, settings: dict) -> SamplerConfig:
+    """``config`` (default: SamplerConfig()) with the keyword ``settings`` of Sampler(...) applied."""
     if config is None:
         config = SamplerConfig()
     elif not isinstance(config, SamplerConfig):
-        raise TypeError(f"dmkernels.{caller}: config must be a dmkernels.sampler.SamplerConfig, "
+        raise TypeError(f"dmkernels.Sampler: config must be a dmkernels.sampler.SamplerConfig, "
                         f"got {type(config).__name__}")
     if settings:
         unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(SamplerConfig)})
         if unknown:
-            raise TypeError(f"dmkernels.{caller}: unknown setting(s) {', '.join(unknown)} "
+            raise TypeError(f"dmkernels.Sampler: unknown setting(s) {', '.join(unknown)} "
                             "(the fields of dmkernels.sampler.SamplerConfig)")
         config = dataclasses.replace(config, **settings)
     return config
@@ -335,8 +336,8 @@ class Sampler:
         if seed is not None:
             seed = check.integer(caller, "seed", seed, minimum=0)
         backend = config.backend
-        if backend is not None and backend not in ("auto",) + ops.BACKENDS:
-            fail(f"backend must be one of {('auto',) + ops.BACKENDS} (or None), got {backend!r}")
+        if backend is not None:
+            ops.check_backend_name(caller, backend)
         mask_id, vocab_size, eos_token_id = self._check_vocabulary(model, config, mask_name, fail)
         needed_ids = self._check_id_range(canvas if canvas is not None else input_ids, ids_name, mask_name,
                                           mask_id, eos_token_id, vocab_size, fail)

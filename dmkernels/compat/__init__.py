@@ -10,3 +10,12 @@ tokens at temperature 0 (the same distribution when sampling). Where the public
 code has a known bug, the adapter follows the documented intent and its
 docstring says so.
 """
+
+
+def build_policy(caller: str, policy_class, *args, **kwargs):
+    """``policy_class(*args, **kwargs)``, its argument errors renamed to the drop-in
+    the user called (``dmkernels.<caller>: ...``) instead of the policy class."""
+    try:
+        return policy_class(*args, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"dmkernels.{caller}: {str(e).split(': ', 1)[-1]}") from None

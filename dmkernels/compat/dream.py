@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from .. import ops
+from . import build_policy
 from ..policies import DreamOrigin, Entropy, LowConfidence, Margin
 from ..sampler import ModelRunner, Sampler, SamplerConfig
 from ..schedules import DreamTimesteps
@@ -210,10 +211,8 @@ def diffusion_generate(model, inputs=None, generation_config=None, **kwargs):
         policy = DreamOrigin(DreamTimesteps(config.eps))
     elif config.alg in _ALGS:
         alg_temp = config.alg_temp if config.alg_temp else None
-        try:
-            policy = _ALGS[config.alg](DreamTimesteps(config.eps), alg_temp=alg_temp, tempered_scores=True)
-        except (TypeError, ValueError) as e:  # name the function the user called, not the policy class
-            raise type(e)(f"dmkernels.{_CALLER}: {str(e).split(': ', 1)[-1]}") from None
+        policy = build_policy(_CALLER, _ALGS[config.alg], DreamTimesteps(config.eps), alg_temp=alg_temp,
+                              tempered_scores=True)
     else:
         raise RuntimeError(f"Unknown alg: {config.alg}")
 

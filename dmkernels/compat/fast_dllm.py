@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..constants import LLADA_MASK_ID
+from . import build_policy
 from ..policies import Factor, LowConfidence, Policy, Random, Threshold
 from ..sampler import Sampler, SamplerConfig
 
@@ -37,15 +38,12 @@ class _RandomConfidence(Policy):
 def _policy(remasking, threshold, factor, caller) -> Policy:
     if remasking not in ('low_confidence', 'random'):
         raise NotImplementedError(remasking)
-    try:
-        if factor is not None:
-            policy = Factor(factor, fast_dllm_quirk=True)
-        elif threshold is not None:
-            policy = Threshold(threshold)
-    except (TypeError, ValueError) as e:  # name the function the user called, not the policy class
-        raise type(e)(f"dmkernels.{caller}: {str(e).split(': ', 1)[-1]}") from None
     if factor is None and threshold is None:
         return LowConfidence() if remasking == 'low_confidence' else Random()
+    if factor is not None:
+        policy = build_policy(caller, Factor, factor, fast_dllm_quirk=True)
+    else:
+        policy = build_policy(caller, Threshold, threshold)
     return policy if remasking == 'low_confidence' else _RandomConfidence(policy)
 
 

@@ -33,6 +33,7 @@ Save and load with safetensors: :meth:`LearnedPolicy.save` / :meth:`LearnedPolic
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
@@ -157,10 +158,13 @@ _MAX_HEADS = 256
 _MAX_POSITIONS = 65536
 _MAX_MODEL_HIDDEN = 65536  # hidden_size: the language model's hidden state
 _MAX_PARAMETERS = 1 << 26
-_SCORER_KEYS = {
-    "mlp": ("num_features", "hidden", "hidden_size", "hidden_features"),
-    "transformer": ("num_features", "d_model", "heads", "ff", "max_positions", "hidden_size", "hidden_features"),
-}
+
+
+# The constructor arguments of each scorer kind and their defaults: what a saved
+# configuration may set, and what it leaves out.
+_SCORER_DEFAULTS = {kind: {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+                    for kind, cls in SCORERS.items()}
+_SCORER_KEYS = {kind: tuple(defaults) for kind, defaults in _SCORER_DEFAULTS.items()}
 
 
 def _scorer_config(op: str, where: str, config) -> dict:
@@ -180,8 +184,8 @@ def _scorer_config(op: str, where: str, config) -> dict:
         else:
             _checkpoint.integer(op, where, f"scorer.{name}", value, 1, limits[name])
     if kind == "transformer":
-        d_model = out.get("d_model", 128)
-        heads = out.get("heads", 4)
+        d_model = out.get("d_model", _SCORER_DEFAULTS[kind]["d_model"])
+        heads = out.get("heads", _SCORER_DEFAULTS[kind]["heads"])
         if d_model % heads:
             check.fail(op, f"{where}: scorer.d_model ({d_model}) must be a multiple of scorer.heads ({heads})")
     return out
@@ -191,9 +195,7 @@ def _scorer_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Parameter shapes (state_dict names) of the scorer ``config`` describes, computed
     without building it."""
     kind = config["kind"]
-    defaults = dict(num_features=NUM_FEATURES, hidden=16, d_model=128, heads=4, ff=512, max_positions=512,
-                    hidden_size=None, hidden_features=8)
-    c = {**defaults, **config}
+    c = {**_SCORER_DEFAULTS[kind], **config}
     shapes = {}
     width = c["num_features"]
     if c["hidden_size"]:

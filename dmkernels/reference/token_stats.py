@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 
+from .._checks import MIN_TEMPERATURE  # noqa: F401  (the smallest T > 0 the ops accept; defined once)
 from .noise import gumbel_noise
 
 
@@ -31,8 +32,6 @@ class TokenStats(NamedTuple):
     entropy: torch.Tensor
 
 
-#: Smallest temperature > 0 the ops accept (csrc/common/noise.h kMinTemperature).
-MIN_TEMPERATURE = 2.0**-100
 
 
 def inverse_temperature(temperature: float) -> float:
@@ -40,11 +39,11 @@ def inverse_temperature(temperature: float) -> float:
     return float(torch.tensor(1.0 / temperature, dtype=torch.float32))
 
 
-def key_scales(temperature: float) -> tuple[float, float]:
-    """(c, s) of the perturbed value ``y = x * c + g * s`` (csrc/common/noise.h):
-    s = 2**-e, e >= 0 the least making c = float32(1/T) * s <= 1, so x * c never
-    overflows and y is exactly (x / T + g) * s whenever that does not."""
-    inv_t = inverse_temperature(temperature)
+def key_scales(inv_t: float) -> tuple[float, float]:
+    """(c, s) of the perturbed value ``y = x * c + g * s`` (csrc/common/noise.h) for
+    ``inv_t = inverse_temperature(T)``: s = 2**-e, e >= 0 the least making
+    c = inv_t * s <= 1, so x * c never overflows and y is exactly (x / T + g) * s
+    whenever that does not."""
     s = 1.0
     while inv_t * s > 1.0:  # exact: powers of two in float32's normal range
         s *= 0.5
@@ -69,7 +68,7 @@ def token_stats_reference(
     scores = x * inv_t if (sample and tempered_scores) else x
     if sample:
         rows = torch.arange(R, device=x.device)
-        c, s = key_scales(temperature)
+        c, s = key_scales(inv_t)
         token = torch.argmax(x * c + gumbel_noise(seed, offset, rows, V) * s, dim=-1)
     else:
         token = torch.argmax(x, dim=-1)

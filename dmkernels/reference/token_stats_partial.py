@@ -80,7 +80,7 @@ def token_stats_partial_reference(
     if sample:
         rows = torch.arange(R, device=x.device) + row_offset
         g = gumbel_noise(seed, offset, rows, vocab_start + V)[:, vocab_start:]
-        c, s = key_scales(temperature)
+        c, s = key_scales(inv_t)
         y = x * c + g * s
     else:
         y = x

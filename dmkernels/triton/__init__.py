@@ -17,10 +17,6 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the machine
     AVAILABLE, REASON = False, f"triton is not installed ({exc})"
 
-from .._registry import OPS as _SPECS
-
-OPS = tuple(_SPECS)
-
 
 def load() -> None:
     """Import the kernel modules (registering torch.ops.dmkernels_triton.*)."""

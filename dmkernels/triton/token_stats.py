@@ -423,7 +423,7 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
         group_base = vocab_start // 32
     sample = temperature > 0.0
     inv_t = inverse_temperature(temperature) if sample else 1.0
-    key_c, key_s = key_scales(temperature) if sample else (1.0, 1.0)
+    key_c, key_s = key_scales(inv_t) if sample else (1.0, 1.0)
     seed_lo, seed_hi = split_u64(seed)
     offset_lo, offset_hi = split_u64(offset)
     pos = positions.reshape(-1) if positions is not None else placeholder  # tiny: [rows] bools
