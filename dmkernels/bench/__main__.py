@@ -3,7 +3,7 @@
 ``__main__`` would tie the job modules back to the entry point."""
 import sys
 
-from dmkernels.bench.cli import main, run_case  # noqa: F401  (run_case: its old home, still importable)
+from dmkernels.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,6 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import torch
 
@@ -144,10 +143,8 @@ class E2ECase(Case):
 
     # -- setup ------------------------------------------------------------------------------------
     def _build(self, device):
-        from dmkernels.bench.eager import dream, fast_dllm, llada
         from dmkernels.models import DiffusionLM, llada_like_config, tiny_config
 
-        eager = SimpleNamespace(llada=llada, fast_dllm=fast_dllm, dream=dream)
         torch.manual_seed(0)
         config = llada_like_config() if self.model_preset == "llada_like" else tiny_config(vocab_size=self.vocab)
         if config.vocab_size != self.vocab:
@@ -157,7 +154,7 @@ class E2ECase(Case):
         gen = torch.Generator().manual_seed(0)
         prompt = torch.randint(0, mask_id, (self.batch, self.prompt_length), generator=gen).to(device)
         self.outputs, self.last = {}, {}
-        return {"model": model, "prompt": prompt, "mask_id": mask_id, "device": device, "eager": eager}
+        return {"model": model, "prompt": prompt, "mask_id": mask_id, "device": device}
 
     def teardown(self) -> None:
         super().teardown()
@@ -166,6 +163,9 @@ class E2ECase(Case):
     # -- one generation ---------------------------------------------------------------------------
     def _generate(self, side: str, model, *, gen_length=None, block_length=None, steps=None):
         """Runs one generation; returns (canvas, nfe or None)."""
+        from dmkernels.bench.eager import dream as eager_dream
+        from dmkernels.bench.eager import fast_dllm as eager_fast_dllm
+        from dmkernels.bench.eager import llada as eager_llada
         from dmkernels.compat import dream, fast_dllm, llada
 
         i = self.inputs
@@ -173,21 +173,20 @@ class E2ECase(Case):
         gen_length = gen_length or self.gen_length
         block_length = block_length or self.block_length
         steps = steps or self.steps
-        eager = i["eager"]
         if self.sampler == "llada":
-            fn = llada.generate if side == "ours" else eager.llada.generate
+            fn = llada.generate if side == "ours" else eager_llada.generate
             x = fn(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
                    temperature=0.0, remasking="low_confidence", mask_id=mask_id)
             return x, None
         if self.sampler.startswith("fast_dllm"):
             name = {"fast_dllm": "generate", "fast_dllm_prefix": "generate_with_prefix_cache",
                     "fast_dllm_dual": "generate_with_dual_cache"}[self.sampler]
-            fn = getattr(fast_dllm if side == "ours" else eager.fast_dllm, name)
+            fn = getattr(fast_dllm if side == "ours" else eager_fast_dllm, name)
             x, nfe = fn(model, prompt, steps=steps, gen_length=gen_length, block_length=block_length,
                         temperature=0.0, remasking="low_confidence", mask_id=mask_id, threshold=self.threshold)
             return x, int(nfe)
         if self.sampler == "dream":
-            fn = dream.diffusion_generate if side == "ours" else eager.dream.diffusion_generate
+            fn = dream.diffusion_generate if side == "ours" else eager_dream.diffusion_generate
             x = fn(model, prompt, mask_token_id=mask_id, steps=steps, max_new_tokens=gen_length, alg=self.alg,
                    temperature=0.0)
             return x, None
@@ -243,12 +242,12 @@ def _compare_tokens(ours: torch.Tensor, eager: torch.Tensor, mask_id: int) -> st
 
 
 _LABELS = {
-    "llada": ("compat.llada.generate", "bench.eager.llada.generate"),
+    "llada": ("compat.llada.generate", "bench.eager_llada.generate"),
     "fast_dllm": ("compat.fast_dllm.generate", "bench.eager.fast_dllm.generate"),
     "fast_dllm_prefix": ("compat.fast_dllm.generate_with_prefix_cache",
                          "bench.eager.fast_dllm.generate_with_prefix_cache"),
     "fast_dllm_dual": ("compat.fast_dllm.generate_with_dual_cache", "bench.eager.fast_dllm.generate_with_dual_cache"),
-    "dream": ("compat.dream.diffusion_generate", "bench.eager.dream.diffusion_generate"),
+    "dream": ("compat.dream.diffusion_generate", "bench.eager_dream.diffusion_generate"),
 }
 
 

@@ -42,6 +42,7 @@ import torch
 import dmkernels
 from dmkernels.bench import measure
 from dmkernels.bench.cases import Case, LLaDAStepCase, TokenStatsCase, all_cases, select_cases
+from dmkernels.bench.gpu_check import record_failed
 from dmkernels.constants import LLADA_VOCAB_SIZE
 
 SWEEP_ROWS = (32, 256, 2048, 8192)
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         measure.use_one_thread()  # a small copy with two threads on a shared machine: milliseconds of overhead
     records = run(device, [b for b in args.backends.split(",") if b], args.out, quick=args.quick,
                   budget_s=args.budget, name_filter=args.filter)
-    bad = [r for r in records if r.get("check", "ok") != "ok" and not r["check"].startswith("skipped")]
+    bad = [r for r in records if record_failed(r)]
     for r in bad:
         print(f"FAIL {r['case']} [{r['backend']}]: {r['check']}")
     print(f"gpu_bench: {len(records)} records, {len(bad)} failed")

@@ -28,14 +28,13 @@ import torch
 
 import dmkernels  # noqa: F401  (loads dmkernels._C: registers torch.ops.dmkernels.*)
 from dmkernels import triton as dm_triton
+from dmkernels._registry import OPS
 
 
 def registered_ops() -> set[str]:
     """Names of the ops in the ``dmkernels`` namespace, from the dispatcher (from
     the registry where this PyTorch lacks the private listing)."""
     if not hasattr(torch._C, "_dispatch_get_all_op_names"):
-        from dmkernels._registry import OPS
-
         return set(OPS)
     names = set()
     for full in torch._C._dispatch_get_all_op_names():
@@ -137,12 +136,7 @@ def own_calls(device: torch.device) -> list[tuple[str, str, tuple]]:
 
 
 def registry_calls(device: torch.device) -> list[tuple[str, str, tuple]]:
-    """The registry's sample inputs of every op, moved to ``device`` (none when
-    the registry is not there)."""
-    try:
-        from dmkernels._registry import OPS
-    except ImportError:
-        return []
+    """The registry's sample inputs of every op, moved to ``device``."""
     out = []
     for name, spec in OPS.items():
         for i, args in enumerate(spec.samples()):
