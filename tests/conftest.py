@@ -81,7 +81,7 @@ class Backend:
         return max(10, n // 3) if self.interpreted else n
 
 
-def _why_not(name: str, device: str) -> str | None:
+def why_not(name: str, device: str) -> str | None:
     """None when the backend runs here, else why it is skipped."""
     if device == "cuda" and not torch.cuda.is_available():
         return "needs a CUDA device"
@@ -101,7 +101,7 @@ def _params(names):
     out = []
     for name, device in names:
         backend = Backend(name, device)
-        why = _why_not(name, device)
+        why = why_not(name, device)
         marks = [pytest.mark.skip(reason=why)] if why else []
         if name == "triton":  # inf - inf in rows without a distribution: numpy warns under the interpreter
             marks.append(pytest.mark.filterwarnings("ignore::RuntimeWarning"))

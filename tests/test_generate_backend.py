@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 
 import dmkernels
-from dmkernels import _extension, _registry, ops
+from conftest import why_not
+from dmkernels import _registry, ops
 from dmkernels import distributed as D
 from dmkernels import policies as P
 from dmkernels import triton as dmtriton
@@ -29,16 +30,8 @@ OPS = tuple(_registry.OPS)
 REFERENCES = {op: spec.reference for op, spec in _registry.OPS.items()}
 
 
-def _available() -> list[str]:
-    out = ["reference"]
-    if _extension.has_kernel("token_stats", torch.device("cpu")):
-        out.append("native")
-    if dmtriton.AVAILABLE:
-        out.append("triton")
-    return out
-
-
-AVAILABLE = _available()
+# The backends that run on CPU tensors here (Triton only under the interpreter).
+AVAILABLE = [name for name in ("reference", "native", "triton") if why_not(name, "cpu") is None]
 
 
 class ToyModel(torch.nn.Module):

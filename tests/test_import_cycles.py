@@ -115,12 +115,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_checker_finds_a_cycle_and_resolves_relative_imports():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
-    modules = {"dmkernels": None, "dmkernels.x": None, "dmkernels.p": None, "dmkernels.p.q": None}
     assert _resolve("dmkernels.p.q", False, 1, "x") == "dmkernels.p.x"
     assert _resolve("dmkernels.p.q", False, 2, "x") == "dmkernels.x"
     assert _resolve("dmkernels.p", True, 1, "q") == "dmkernels.p.q"
     assert _resolve("dmkernels.p.q", False, 1, None) == "dmkernels.p"
-    assert set(modules)  # the real package is parsed below
 
 
 def test_the_graph_sees_the_known_edges():

@@ -23,13 +23,13 @@ def test_opcheck(kernel_backend, op, index):
 
 
 @pytest.mark.parametrize("op", list(_registry.OPS))
-def test_samples_agree_across_backends(backend, op):
+def test_samples_agree_across_backends(kernel_backend, op):
     # Every sample on this backend gives the reference's outputs (tokens and
     # selections exactly, float scores within float32 rounding).
     spec = _registry.OPS[op]
     for args in spec.samples():
         cpu_args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
         want = spec.call_reference(getattr(ops, spec.reference), spec.check(*cpu_args))
-        got = backend.raw(op, *args)
+        got = kernel_backend.raw(op, *args)
         for g, w in zip(*(o if isinstance(o, tuple) else (o,) for o in (got, want))):
             torch.testing.assert_close(g.cpu(), w, rtol=2e-5, atol=2e-6, equal_nan=True)
