@@ -133,17 +133,25 @@ def logits(op: str, t) -> torch.Tensor:
     return t
 
 
-def scores_2d(op: str, name: str, t) -> torch.Tensor:
+def scores_2d(op: str, name: str, t, dtypes: Sequence[torch.dtype] = SCORE_DTYPES) -> torch.Tensor:
     t = tensor(op, name, t)
     if t.dim() != 2:
         fail(op, f"{name} must be 2-D [B, L], got shape {list(t.shape)}")
-    dtype(op, name, t, SCORE_DTYPES)
+    dtype(op, name, t, dtypes)
+    return t
+
+
+def like(op: str, name: str, t, ref: torch.Tensor, ref_name: str, dtypes: Sequence[torch.dtype],
+         expected_shape=None, shape_what: str | None = None) -> torch.Tensor:
+    """A tensor argument on ``ref``'s device, of one of ``dtypes``, and of
+    ``expected_shape`` when given (``shape_what`` says what that shape is)."""
+    t = tensor(op, name, t)
+    same_device(op, name, t, ref, ref_name)
+    dtype(op, name, t, dtypes)
+    if expected_shape is not None:
+        shape(op, name, t, expected_shape, shape_what)
     return t
 
 
 def eligible(op: str, t, ref: torch.Tensor, ref_name: str) -> torch.Tensor:
-    t = tensor(op, "eligible", t)
-    same_device(op, "eligible", t, ref, ref_name)
-    dtype(op, "eligible", t, (torch.bool,))
-    shape(op, "eligible", t, ref.shape, f"{ref_name}.shape")
-    return t
+    return like(op, "eligible", t, ref, ref_name, (torch.bool,), ref.shape, f"{ref_name}.shape")

@@ -108,15 +108,10 @@ def _check_token_stats(logits, temperature, seed, offset, tempered_scores, posit
     if logits.numel() // logits.shape[-1] > 2**32:
         check.fail(op, "logits has more than 2**32 rows")
     if positions is not None:
-        check.tensor(op, "positions", positions)
-        check.same_device(op, "positions", positions, logits, "logits")
-        check.dtype(op, "positions", positions, (torch.bool,))
-        check.shape(op, "positions", positions, logits.shape[:-1], "logits.shape[:-1]")
+        check.like(op, "positions", positions, logits, "logits", (torch.bool,), logits.shape[:-1],
+                   "logits.shape[:-1]")
     if rng is not None:
-        check.tensor(op, "rng", rng)
-        check.same_device(op, "rng", rng, logits, "logits")
-        check.dtype(op, "rng", rng, (torch.int64,))
-        check.shape(op, "rng", rng, (2,), "(seed, offset)")
+        check.like(op, "rng", rng, logits, "logits", (torch.int64,), (2,), "(seed, offset)")
         if rng.device.type == "cpu" and not torch.compiler.is_compiling():
             rng_values(op, rng)  # free to read on the CPU; on a GPU it is the kernel's to read
     return logits, temperature, seed, offset, bool(tempered_scores), positions, rng
@@ -139,10 +134,7 @@ def _check_select_topk(scores, k, eligible):
     op = "select_topk"
     check.scores_2d(op, "scores", scores)
     check.eligible(op, eligible, scores, "scores")
-    check.tensor(op, "k", k)
-    check.same_device(op, "k", k, scores, "scores")
-    check.dtype(op, "k", k, check.INDEX_DTYPES)
-    check.shape(op, "k", k, (scores.shape[0],), "one count per row of scores")
+    check.like(op, "k", k, scores, "scores", check.INDEX_DTYPES, (scores.shape[0],), "one count per row of scores")
     return scores, k, eligible
 
 
@@ -167,14 +159,9 @@ def _check_select_entropy_bounded(error, entropy, eligible, gamma):
 
 def _check_select_group(eligible, groups, step):
     op = "select_group"
-    check.tensor(op, "eligible", eligible)
-    if eligible.dim() != 2:
-        check.fail(op, f"eligible must be 2-D [B, L], got shape {list(eligible.shape)}")
-    check.dtype(op, "eligible", eligible, (torch.bool,))
+    check.scores_2d(op, "eligible", eligible, (torch.bool,))
     for name, t in (("groups", groups), ("step", step)):
-        check.tensor(op, name, t)
-        check.same_device(op, name, t, eligible, "eligible")
-        check.dtype(op, name, t, check.INDEX_DTYPES)
+        check.like(op, name, t, eligible, "eligible", check.INDEX_DTYPES)
     B, L = eligible.shape
     if tuple(groups.shape) not in ((L,), (B, L)):
         check.fail(op, f"groups must have shape [L] or [B, L] = {[B, L]}, got {list(groups.shape)}")
@@ -185,15 +172,9 @@ def _check_select_group(eligible, groups, step):
 
 def _check_commit(x, token, select, mask_id):
     op = "commit_"
-    check.tensor(op, "x", x)
-    if x.dim() != 2:
-        check.fail(op, f"x must be 2-D [B, L], got shape {list(x.shape)}")
-    check.dtype(op, "x", x, check.INDEX_DTYPES)
+    check.scores_2d(op, "x", x, check.INDEX_DTYPES)
     for name, t, dtypes in (("token", token, check.INDEX_DTYPES), ("select", select, (torch.bool,))):
-        check.tensor(op, name, t)
-        check.same_device(op, name, t, x, "x")
-        check.dtype(op, name, t, dtypes)
-        check.shape(op, name, t, x.shape, "x.shape")
+        check.like(op, name, t, x, "x", dtypes, x.shape, "x.shape")
     mask_id = check.integer(op, "mask_id", mask_id, minimum=0)
     if x.dtype == torch.int32 and mask_id > 2**31 - 1:
         check.fail(op, f"mask_id = {mask_id} does not fit x's dtype int32")
