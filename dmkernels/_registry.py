@@ -4,15 +4,14 @@ An :class:`OpSpec` holds what every backend shares: the schema, the argument
 checks, the fake (meta) implementation, the name of the PyTorch reference, and
 sample inputs for the tests. From it
 
-- ``dmkernels/fake.py`` registers the fakes of ``torch.ops.dmkernels.*``;
+- ``dmkernels/fake.py`` defines ``torch.ops.dmkernels.*`` (schema and fake) when
+  the compiled library loads; its C++ kernels only implement them;
 - ``dmkernels/triton/*`` defines ``torch.ops.dmkernels_triton.*`` (schema, fake
   and checks: a Triton module only writes the kernel, see :func:`triton_op`);
 - ``dmkernels/ops.py`` checks the arguments once and dispatches to a backend;
 - the tests run opcheck, the validation cases and the checklist
   (tests/test_registry.py) over every op.
 
-The C++ declaration of the same schemas is ``csrc/ops.cpp`` (the compiled
-library cannot read Python); tests/test_registry.py checks that the two agree.
 Adding an op: CONTRIBUTING.md.
 """
 from __future__ import annotations
@@ -45,7 +44,7 @@ class OpSpec:
     """One op, as every backend implements it.
 
     name: the op (``torch.ops.dmkernels.<name>``, ``dmkernels.<name>``).
-    schema: arguments and returns, as after the name in csrc/ops.cpp.
+    schema: arguments and returns, as after the op's name (defines the op).
     check: raw op arguments in schema order -> the same, normalised; raises
         ValueError / TypeError naming the op and the argument (the C++ kernels
         raise the same types, csrc/checks.h).
@@ -460,10 +459,20 @@ _register(OpSpec(
 ))
 
 
-def register_fakes(namespace: str) -> None:
-    """Register every op's fake for ``namespace::<op>`` (the compiled ops)."""
+_libraries: list[torch.library.Library] = []  # a Library's definitions last as long as the object
+
+
+def define_ops(namespace: str) -> None:
+    """Define ``namespace::<op>`` for every op with the registry's schema and fake.
+
+    Used for the compiled ops: csrc/ registers only kernels (TORCH_LIBRARY_IMPL),
+    so the schema written here is the only one. A C++ kernel whose signature does
+    not match raises here, when dmkernels is imported."""
+    library = torch.library.Library(namespace, "FRAGMENT")
+    _libraries.append(library)
     for spec in OPS.values():
-        torch.library.register_fake(f"{namespace}::{spec.name}")(spec.fake)
+        library.define(spec.name + spec.schema)
+        torch.library.register_fake(f"{namespace}::{spec.name}", lib=library)(spec.fake)
 
 
 def triton_op(name: str):

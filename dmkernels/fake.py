@@ -1,9 +1,9 @@
-"""Fake (meta) implementations of every torch.ops.dmkernels op, for torch.compile
-and torch.library.opcheck: output shapes and dtypes only, no data. Each op's
-fake is declared once, in dmkernels/_registry.py (the Triton ops use the same)."""
+"""Defines every ``torch.ops.dmkernels`` op from dmkernels/_registry.py (schema and
+fake: output shapes and dtypes for torch.compile and opcheck) once the compiled
+library is loaded. The C++ and CUDA kernels in csrc/ only implement these ops."""
 from __future__ import annotations
 
 from . import _extension, _registry
 
 if _extension.LOADED:
-    _registry.register_fakes("dmkernels")
+    _registry.define_ops("dmkernels")

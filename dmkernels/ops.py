@@ -5,8 +5,8 @@ same on every backend), then the compiled kernel for the tensor's device
 
 No op reads a tensor's values on the host or allocates anything the size of the
 logits (the reference fallback does; it warns once). Semantics live in
-dmkernels/reference/, one file per op; schemas in dmkernels/_registry.py (and
-csrc/ops.cpp for the compiled library).
+dmkernels/reference/, one file per op; schemas in dmkernels/_registry.py, for every
+backend.
 """
 from __future__ import annotations
 
