@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from . import _checks
+
 __all__ = ["Schedule", "BlockPlan", "LinearCounts", "DreamTimesteps"]
 
 
@@ -91,7 +93,7 @@ class DreamTimesteps(Schedule):
     the per-position probability ``1 - t[i+1]/t[i]`` used by Dream's "origin" rule."""
 
     def __init__(self, eps: float = 1e-3):
-        self.eps = float(eps)
+        self.eps = _checks.real("DreamTimesteps", "eps", eps, minimum=0.0, maximum=1.0)
 
     def begin_block(self, masked: torch.Tensor, steps: int) -> BlockPlan:
         return _DreamPlan(self.eps, masked, steps)

@@ -211,6 +211,17 @@ def test_llada_drop_in_names_itself_and_its_prompt():
     assert model.calls == 0
 
 
+def test_llada_logits_eos_inf_needs_the_eos_id_in_the_vocabulary():
+    kw = dict(steps=2, gen_length=4, block_length=4, mask_id=MASK, logits_eos_inf=True)
+    known = Toy(vocab_size=V)  # the config says so: refused before any call
+    with pytest.raises(ValueError, match=r"^dmkernels\.compat\.llada\.generate: logits_eos_inf .* 126081"):
+        llada.generate(known, ids(), **kw)
+    assert known.calls == 0
+    unknown = Toy()  # no config: refused at the first call, before anything is committed
+    with pytest.raises(ValueError, match=r"^dmkernels\.compat\.llada\.generate: logits_eos_inf .* returned"):
+        llada.generate(unknown, ids(), **kw)
+
+
 @pytest.mark.parametrize("fn", [fast_dllm.generate, fast_dllm.generate_with_prefix_cache,
                                 fast_dllm.generate_with_dual_cache])
 def test_fast_dllm_drop_ins_name_themselves(fn):
@@ -241,6 +252,14 @@ def test_dream_drop_in_names_itself_and_its_arguments():
         dream.diffusion_generate(model, ids() - 2, **kw)
     with pytest.raises(TypeError, match=where + r"inputs must be a 2-D tensor"):
         dream.diffusion_generate(model, [[1, 2, 3]], **kw)
+    with pytest.raises(ValueError, match=where + r"top_k must be >= 1, got 0"):
+        dream.diffusion_generate(model, ids(), temperature=0.5, top_k=0, **kw)
+    with pytest.raises(TypeError, match=where + r"top_k must be a Python int, got float"):
+        dream.diffusion_generate(model, ids(), temperature=0.5, top_k=5.0, **kw)
+    with pytest.raises(ValueError, match=where + r"top_p must be a finite number, got nan"):
+        dream.diffusion_generate(model, ids(), temperature=0.5, top_p=math.nan, **kw)
+    with pytest.raises(ValueError, match=where + r"eps must be a finite number in \[0, 1\], got -0.1"):
+        dream.diffusion_generate(model, ids(), eps=-0.1, **kw)
     assert model.calls == 0
 
 

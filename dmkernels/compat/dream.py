@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .. import ops
+from .. import _checks, ops
 from . import build_policy
 from ..policies import DreamOrigin, Entropy, LowConfidence, Margin
 from ..sampler import ModelRunner, Sampler, SamplerConfig
@@ -143,6 +143,17 @@ class _DreamSampler(Sampler):
             self.history.append(self.x.clone())
 
 
+def _check_sampling_settings(config: DreamGenerationConfig) -> None:
+    """top_k, top_p and eps, before any model call. Dream itself fails inside
+    torch.topk on top_k = 0 and silently skips top-p on NaN; top_p <= 0 keeps the
+    single most likely token there, and here too."""
+    if config.top_k is not None:
+        config.top_k = _checks.integer(_CALLER, "top_k", config.top_k, minimum=1)
+    if config.top_p is not None:
+        config.top_p = _checks.real(_CALLER, "top_p", config.top_p)
+    config.eps = _checks.real(_CALLER, "eps", config.eps, minimum=0.0, maximum=1.0)
+
+
 def _resolve_config(model, generation_config, kwargs) -> DreamGenerationConfig:
     if generation_config is None:
         base = getattr(model, "generation_config", None)
@@ -203,6 +214,7 @@ def diffusion_generate(model, inputs=None, generation_config=None, **kwargs):
                          f"{config.max_length}; increase `max_length` or set `max_new_tokens`.")
     if config.mask_token_id is None:
         raise ValueError("diffusion_generate: mask_token_id is not set (pass it or set it in the generation config)")
+    _check_sampling_settings(config)
     if config.num_return_sequences > 1:
         input_ids = input_ids.repeat_interleave(config.num_return_sequences, dim=0)
         if attention_mask is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _checks
 from ..constants import LLADA_EOS_ID, LLADA_EOT_ID, LLADA_MASK_ID
 from ..policies import LowConfidence, Random
 from ..sampler import Sampler, SamplerConfig
@@ -33,6 +34,9 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
       never commits outside the block even when -inf confidences tie.
     * ``cfg_scale > 0`` without an attention mask works (the public code raises
       NameError there).
+    * ``logits_eos_inf`` with a model whose vocabulary has no id 126081 is refused
+      before the first model call when ``model.config.vocab_size`` says so, and
+      on the first call otherwise (the public code raises IndexError there).
     """
     if remasking == 'low_confidence':
         policy = LowConfidence()
@@ -41,7 +45,16 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
     else:
         raise NotImplementedError(remasking)
 
+    caller = "compat.llada.generate"
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if logits_eos_inf and isinstance(vocab_size, int) and vocab_size <= EOS_ID:
+        _checks.fail(caller, f"logits_eos_inf suppresses id {EOS_ID} (LLaDA's EOS), but the model's vocabulary "
+                             f"has {vocab_size} ids")
+
     def logits_processor(step, rows):
+        if rows.shape[-1] <= EOS_ID:  # a shape, known on the host: no sync
+            _checks.fail(caller, f"logits_eos_inf suppresses id {EOS_ID} (LLaDA's EOS), but the model returned "
+                                 f"{rows.shape[-1]} logits per position")
         rows[..., EOS_ID] = -torch.inf
         return rows
 
@@ -53,5 +66,5 @@ def generate(model, prompt, attention_mask=None, steps=128, gen_length=128, bloc
                            cfg_scale=cfg_scale, mask_id=mask_id,
                            logits_processor=logits_processor if logits_eos_inf else None,
                            score_processor=score_processor if confidence_eos_eot_inf else None,
-                           caller="compat.llada.generate", arg_names={"input_ids": "prompt"})
+                           caller=caller, arg_names={"input_ids": "prompt"})
     return Sampler(model, prompt, policy, config, attention_mask=attention_mask).run().sequences
