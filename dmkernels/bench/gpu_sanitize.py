@@ -12,7 +12,8 @@ its allocation and memcheck sees it. The registry's sample inputs of every op
 (dmkernels/_registry.py) are called too.
 
 Prints one line per call and exits 1 when a call raised or an op registered in
-``torch.ops.dmkernels`` was never called (a new op must get a call here).
+``torch.ops.dmkernels`` was never called (a new op is called on its registry
+samples; add calls to ``own_calls`` for the variants those do not reach).
 On ``--device cpu`` it checks the script itself against the CPU kernels (and
 Triton under ``TRITON_INTERPRET=1``).
 """
