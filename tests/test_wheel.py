@@ -50,6 +50,8 @@ _SHIPPED = (
     "dmkernels/bench/eager/fast_dllm.py",
     "dmkernels/bench/eager/dream.py",
     "dmkernels/bench/eager/policies.py",
+    "dmkernels/bench/eager/llada2.py",
+    "dmkernels/bench/eager/sdar.py",
     "dmkernels/tasks/checkpoints/sudoku_short.json",
     "dmkernels/tasks/checkpoints/sudoku_short.safetensors",
     "dmkernels/tasks/checkpoints/sudoku_long.json",

@@ -15,4 +15,6 @@ dmkernels.bench --e2e`` times the drop-ins against them.
 - :mod:`dmkernels.bench.eager.fast_dllm`: Fast-dLLM ``generate`` / prefix cache / dual cache.
 - :mod:`dmkernels.bench.eager.dream`: Dream ``diffusion_generate``.
 - :mod:`dmkernels.bench.eager.policies`: EB-Sampler and dilated unmasking (DUS) on a generic blockwise loop.
+- :mod:`dmkernels.bench.eager.llada2`: LLaDA2.0 ``generate`` and LLaDA2.1 ``generate_v21`` (block diffusion, editing).
+- :mod:`dmkernels.bench.eager.sdar`: SDAR ``block_diffusion_generate`` (block diffusion, KV cache with ``store_kv``).
 """
