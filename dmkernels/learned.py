@@ -8,15 +8,19 @@ from .policies.learned import (  # noqa: F401
     MAX_EXACT_SET,
     NUM_FEATURES,
     SCORERS,
+    FeatureProvider,
     LearnedPolicy,
     MLPScorer,
     TransformerScorer,
     Trajectory,
     _scorer_config,
     _scorer_shapes,
+    feature_provider,
+    feature_providers,
+    register_feature,
     set_log_prob,
     step_features,
 )
 
-__all__ = ["FEATURES", "LearnedPolicy", "MLPScorer", "TransformerScorer", "Trajectory", "set_log_prob",
-           "step_features"]
+__all__ = ["FEATURES", "FeatureProvider", "LearnedPolicy", "MLPScorer", "TransformerScorer", "Trajectory",
+           "feature_provider", "feature_providers", "register_feature", "set_log_prob", "step_features"]

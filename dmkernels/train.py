@@ -259,8 +259,12 @@ def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: tor
                                "(no masked positions in the prompts?)")
         optimizer = torch.optim.AdamW(policy.scorer.parameters(), lr=lr, weight_decay=0.01)
         per_epoch = (n + batch_size - 1) // batch_size
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * per_epoch,
-                                                       pct_start=0.1)
+        total_steps = epochs * per_epoch
+        # OneCycleLR divides by the length of its warm-up phase: give it at least two
+        # steps, and run a constant rate when there are too few updates for a cycle.
+        schedule = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps,
+                                                        pct_start=max(0.1, 2.0 / total_steps))
+                    if total_steps >= 4 else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
         for epoch in range(epochs):
             order = torch.randperm(n, generator=g).to(features.device)
             total = torch.zeros((), device=features.device)  # summed on the device: no sync per batch

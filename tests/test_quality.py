@@ -64,9 +64,17 @@ def test_shipped_learned_policies_load_and_run(heldout, denoiser):
 
 def test_quality_cli_writes_records_and_plot(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "SCHEDULED_STEPS", (20,))
-    records = quality.run(n_puzzles=6, budgets=("long",), quick=True, log=lambda *_: None)
-    fields = {"policy", "model_calls", "solve_rate", "cell_accuracy", "n_puzzles"}
+    records = quality.run(n_puzzles=6, budgets=("long",), quick=True, dev_puzzles=4, log=lambda *_: None)
+    fields = {"policy", "model_calls", "solve_rate", "cell_accuracy", "n_puzzles", "set"}
     assert records and all(fields <= set(r) for r in records)
+    rule = [r for r in records if r["policy"] == quality.HAND_RULE]
+    assert {r["set"] for r in rule} == {"heldout", "dev"} and all("best_heuristic" in r for r in rule)
+    dev = [r for r in records if r["set"] == "dev"]
+    assert dev and all(r["n_puzzles"] == 4 and r["steps"] == 20 for r in dev)
+    assert not {"Random", "Oracle"} & {r["policy"] for r in dev}
+    for r in records:
+        if r["policy"].startswith("Learned"):
+            assert "gain_over_hand_rule" in r and "gain_over_best_heuristic" in r
     pytest.importorskip("matplotlib")
     quality.plot(records, str(tmp_path / "q.png"))
     assert (tmp_path / "q.png").stat().st_size > 1000
@@ -96,3 +104,14 @@ def test_paired_gain_and_the_comparison_to_the_best_heuristic():
     assert learned["best_heuristic"] == "LowConfidence"  # Random is not a heuristic rival
     assert learned["gain_over_best_heuristic"] == pytest.approx(0.25)
     assert "best_heuristic" not in records[4]  # no heuristic ran at that budget
+    assert "gain_over_hand_rule" not in learned  # no hand rule ran
+    # The hand rule: compared with the heuristics; a learned policy also with it, on the same set only.
+    records += [rec(quality.HAND_RULE, [1, 1, 0, 0, 0, 1, 1, 0]),
+                dict(rec("Learned[x]", a), set="dev"), dict(rec("Margin", [1] * 8), set="dev")]
+    quality.compare_to_heuristics(records)
+    rule = records[6]
+    assert rule["best_heuristic"] == "LowConfidence" and rule["gain_over_best_heuristic"] == pytest.approx(1 / 8)
+    assert "gain_over_hand_rule" not in rule
+    assert learned["gain_over_hand_rule"] == pytest.approx(1 / 8)
+    assert records[7]["best_heuristic"] == "Margin" and records[7]["gain_over_best_heuristic"] == pytest.approx(-3 / 8)
+    assert "gain_over_hand_rule" not in records[7]  # the hand rule ran on the held-out set only

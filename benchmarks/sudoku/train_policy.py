@@ -4,6 +4,11 @@
         --init correct --sup-rounds 3 --sup-epochs 8 --base-puzzles 1000 --copies 3 --trainer none \
         --dev-puzzles 500 --threads 2 --out dmkernels/tasks/checkpoints/policy_transformer128_supervised.safetensors
 
+The task-feature policy (``--features sudoku.constraints``: the scorer also
+reads the constraint columns of :func:`dmkernels.tasks.sudoku.constraint_features`)
+is trained in stages, a supervised start and then GRPO with ``--resume``; the
+commands are in ``benchmarks/sudoku/README.md``.
+
 The denoiser (``load_denoiser("long")``) stays frozen. Training puzzles come
 from their own seeded stream (never the held-out one), multiplied by random
 Sudoku symmetries. The reward of a filled grid is its cell accuracy over the
@@ -20,9 +25,11 @@ rollouts, learning "the proposed digit is the solution's" on the states where
 every commit so far was right); ``random`` skips it. ``--trainer none`` stops
 after the warm start.
 
-Model selection uses a development set with its own seed (``DEV_SEED``), never
-the held-out puzzles: with ``--dev-every N`` the run keeps the scorer with the
-best development solve rate among the warm start and every N-th iteration.
+Model selection uses a development set with its own seed
+(:func:`dmkernels.tasks.sudoku.dev_puzzles`, ``DEV_SEED``), never the held-out
+puzzles: with ``--dev-every N`` the run keeps the scorer with the best
+development solve rate (the mean over ``--select-steps`` budgets) among the
+starting point and every N-th iteration.
 """
 from __future__ import annotations
 
@@ -37,12 +44,12 @@ import torch
 import dmkernels
 from dmkernels import policies as P
 from dmkernels.bench.quality import NoMaskProposals, evaluate
-from dmkernels.learned import FEATURES, LearnedPolicy, MLPScorer, TransformerScorer
+from dmkernels.learned import FEATURES, NUM_FEATURES, LearnedPolicy, MLPScorer, TransformerScorer, feature_provider
 from dmkernels.tasks import sudoku
 from dmkernels.train import grpo, rloo, rollout, supervised
 
 TRAIN_SEED = 4242  # the training puzzle stream (held-out: sudoku.HELDOUT_SEED)
-DEV_SEED = 7777  # development puzzles, for model selection
+DEV_SEED = sudoku.DEV_SEED  # development puzzles, for model selection
 
 
 def training_set(n_base: int, copies: int, seed: int):
@@ -97,6 +104,9 @@ def main(argv=None):
     ap.add_argument("--sup-rounds", type=int, default=2, help="--init correct: rollout rounds")
     ap.add_argument("--sup-epochs", type=int, default=10, help="--init correct: epochs per round")
     ap.add_argument("--sup-explore", type=float, default=0.5, help="--init correct: rollout exploration")
+    ap.add_argument("--sup-lr", type=float, default=1e-3, help="--init correct: peak learning rate")
+    ap.add_argument("--sup-batch", type=int, default=128, help="--init correct: states per update")
+    ap.add_argument("--warm-lr", type=float, default=3e-3, help="learning rate of the confidence warm start")
     ap.add_argument("--copies", type=int, default=10, help="random symmetries of each training puzzle")
     ap.add_argument("--dev-puzzles", type=int, default=0, help="development puzzles for model selection")
     ap.add_argument("--dev-every", type=int, default=20)
@@ -104,6 +114,14 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", help="start from this policy checkpoint (skips --init)")
     ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--mlp-hidden", type=int, default=16, help="width of the MLP scorer's hidden layer")
+    ap.add_argument("--features", nargs="*", default=[],
+                    help="feature providers the policy reads besides FEATURES (e.g. sudoku.constraints)")
+    ap.add_argument("--kl", type=float, default=0.04, help="GRPO: weight of the KL term to the starting policy")
+    ap.add_argument("--select-steps", type=int, nargs="*", default=None,
+                    help="model selection: mean development solve rate over these budgets (default: --steps)")
+    ap.add_argument("--eval-steps", type=int, nargs="*", default=None,
+                    help="held-out report at these budgets too (default: --steps only)")
     ap.add_argument("--inner-epochs", type=int, default=1)
     ap.add_argument("--hidden", action="store_true", help="the scorer also reads the denoiser's last hidden state")
     ap.add_argument("--base-puzzles", type=int, default=200)
@@ -128,16 +146,18 @@ def main(argv=None):
         policy.scorer.train()
         args.init = "resumed"
     else:
+        width = NUM_FEATURES + sum(feature_provider(n).width for n in args.features)
         if args.scorer == "transformer":
-            scorer = TransformerScorer(d_model=args.d_model, ff=4 * args.d_model, max_positions=sudoku.NUM_CELLS,
-                                       **hidden)
+            scorer = TransformerScorer(num_features=width, d_model=args.d_model, ff=4 * args.d_model,
+                                       max_positions=sudoku.NUM_CELLS, **hidden)
         else:
-            scorer = MLPScorer(**hidden)
-        policy = LearnedPolicy(scorer)
+            scorer = MLPScorer(num_features=width, hidden=args.mlp_hidden, **hidden)
+        policy = LearnedPolicy(scorer, features=args.features)
         if args.init != "random":
             # "correct" starts its first rollouts from the heuristic too: a random scorer
             # errs at once, leaving few right-so-far states to learn from.
-            loss = warm_start(policy, model, puzzles, args.steps, args.warm_iterations, seed=args.seed)
+            loss = warm_start(policy, model, puzzles, args.steps, args.warm_iterations, lr=args.warm_lr,
+                              seed=args.seed)
             print(f"warm start (confidence): loss {loss:.4f}, {time.time() - t0:.0f} s", flush=True)
     if args.init == "correct":
         def sup_log(rec):
@@ -145,37 +165,44 @@ def main(argv=None):
                   f"loss {rec['loss']:.4f} ({time.time() - t0:.0f} s)", flush=True)
         sup = supervised(policy, model, puzzles, solutions, rounds=args.sup_rounds, epochs=args.sup_epochs,
                          explore=args.sup_explore, seed=args.seed, infill=True, steps=args.steps,
+                         lr=args.sup_lr, batch_size=args.sup_batch,
                          mask_id=sudoku.MASK_TOKEN, log=sup_log)
 
     held_p, held_s = sudoku.heldout_puzzles(args.eval_puzzles)
 
-    def greedy(p, s, rival=None):
-        """Solve rate and cell accuracy at --steps calls of the policy, greedy (the
-        trainers explore in their rollouts only, never on the policy itself), or of a rival."""
+    def greedy(p, s, rival=None, steps=None):
+        """Solve rate and cell accuracy at --steps calls (or ``steps``) of the policy, greedy
+        (the trainers explore in their rollouts only, never on the policy itself), or of a rival."""
         policy.scorer.eval()
         try:
-            r = evaluate(model.model, p, s, rival or policy, args.steps)
+            r = evaluate(model.model, p, s, rival or policy, steps or args.steps)
         finally:
             policy.scorer.train()
         r.pop("solved")
         return r
 
     def report(tag):
-        r = greedy(held_p, held_s)
-        print(f"{tag}: held-out solved {100 * r['solve_rate']:.1f}%  cells {100 * r['cell_accuracy']:.1f}%  "
-              f"({time.time() - t0:.0f} s)", flush=True)
-        return r
+        out = {}
+        for steps in args.eval_steps or [args.steps]:
+            r = out[steps] = greedy(held_p, held_s, steps=steps)
+            print(f"{tag}: held-out at {steps} calls solved {100 * r['solve_rate']:.1f}%  "
+                  f"cells {100 * r['cell_accuracy']:.1f}%  ({time.time() - t0:.0f} s)", flush=True)
+        return out[args.steps] if not args.eval_steps else out
 
-    dev_p, dev_s = sudoku.generate_puzzles(args.dev_puzzles, 24, seed=DEV_SEED) if args.dev_puzzles else (None, None)
+    dev_p, dev_s = sudoku.dev_puzzles(args.dev_puzzles) if args.dev_puzzles else (None, None)
     best = dict(dev=-1.0, state=None, iteration=None)
 
     def select(tag, iteration):
         if dev_p is None:
             return
-        r = greedy(dev_p, dev_s)
-        print(f"{tag}: dev solved {100 * r['solve_rate']:.1f}%  cells {100 * r['cell_accuracy']:.1f}%", flush=True)
-        if r["solve_rate"] > best["dev"]:
-            best.update(dev=r["solve_rate"], iteration=iteration,
+        rates = {}
+        for steps in args.select_steps or [args.steps]:
+            rates[steps] = greedy(dev_p, dev_s, steps=steps)["solve_rate"]
+        score = sum(rates.values()) / len(rates)
+        print(f"{tag}: dev solved " + ", ".join(f"{100 * v:.1f}% at {k}" for k, v in rates.items())
+              + f" ({time.time() - t0:.0f} s)", flush=True)
+        if score > best["dev"]:
+            best.update(dev=score, iteration=iteration,
                         state={k: v.detach().clone() for k, v in policy.scorer.state_dict().items()})
 
     select("warm start", -1)
@@ -202,7 +229,7 @@ def main(argv=None):
         history = []
     elif args.trainer == "grpo":
         history = grpo(policy, model, puzzles, reward, group_size=args.group, inner_epochs=args.inner_epochs,
-                       **common)
+                       kl_coef=args.kl, **common)
     else:
         history = rloo(policy, model, puzzles, reward, samples=args.group, **common)
     if best["state"] is not None:
@@ -218,6 +245,10 @@ def main(argv=None):
                     reward_last10=sum(h["reward"] for h in history[-10:]) / min(10, len(history)))
     if args.init == "correct":
         meta.update(supervised_loss_first=sup[0]["loss"], supervised_loss_last=sup[-1]["loss"])
+    if args.resume and Path(args.resume).with_suffix(".json").exists():
+        # The record of the stage this one started from (e.g. the supervised start of a GRPO run).
+        meta["resumed_from"] = dict(path=args.resume,
+                                    training=json.loads(Path(args.resume).with_suffix(".json").read_text()))
     Path(args.out).with_suffix(".json").write_text(json.dumps(meta, indent=1))
     print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
 

@@ -25,7 +25,8 @@ every row that has one).
 The package: :mod:`~dmkernels.policies.base` (``StepContext``, ``Policy``),
 :mod:`~dmkernels.policies.heuristics` (the public samplers' rules) and
 :mod:`~dmkernels.policies.learned` (``LearnedPolicy``, its scorers and
-``Trajectory``; also importable as :mod:`dmkernels.learned`). ``base`` imports
+``Trajectory``, and the registry of task feature providers:
+``register_feature``; also importable as :mod:`dmkernels.learned`). ``base`` imports
 neither of the others, and they do not import each other.
 """
 from __future__ import annotations
@@ -42,9 +43,10 @@ from .heuristics import (
     Random,
     Threshold,
 )
-from .learned import LearnedPolicy
+from .learned import LearnedPolicy, feature_provider, feature_providers, register_feature
 
 __all__ = [
     "StepContext", "Policy", "LowConfidence", "Random", "Margin", "Entropy", "DreamOrigin",
     "Threshold", "Factor", "EntropyBounded", "Dilated", "LearnedPolicy",
+    "register_feature", "feature_provider", "feature_providers",
 ]

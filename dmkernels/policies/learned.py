@@ -7,9 +7,13 @@ other :class:`~dmkernels.policies.Policy`:
   features  [B, W, F]: confidence, margin, entropy, log-probability of the
             proposed token, relative position in the block, step fraction,
             mask bit. Positions that are not masked get zeros but their mask
-            bit. A scorer built with ``hidden_size`` also reads the model's last
-            hidden state through a linear projection (the sampler then calls
-            the model with ``output_hidden_states=True``).
+            bit. Then the columns of the policy's *feature providers*, in the
+            order given (``LearnedPolicy(scorer, features=("sudoku.constraints",))``):
+            task features computed on the device from the step context, each
+            provider registered by name with :func:`register_feature`. A scorer
+            built with ``hidden_size`` also reads the model's last hidden state
+            through a linear projection (the sampler then calls the model with
+            ``output_hidden_states=True``).
   scorer    [B, W, F] -> [B, W]: :class:`MLPScorer` (per position, about 150
             parameters) or :class:`TransformerScorer` (one transformer block
             over the block's feature sequence with step conditioning, about
@@ -30,13 +34,18 @@ exact log-probability of the chosen sets can be recomputed under new parameters
 (:func:`set_log_prob`). The policy object itself is never changed by a rollout.
 
 Save and load with safetensors: :meth:`LearnedPolicy.save` / :meth:`LearnedPolicy.load`.
+A saved policy names its feature providers; loading looks them up in the
+registry (code is never stored in the file), so the module that registers them
+must be imported first (``dmkernels.tasks.sudoku`` registers ``"sudoku.constraints"``).
 """
 from __future__ import annotations
 
 import inspect
 import json
 import math
+import re
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -46,8 +55,8 @@ from .. import _checks as check
 from .. import ops
 from .base import Policy, StepContext
 
-__all__ = ["FEATURES", "LearnedPolicy", "MLPScorer", "TransformerScorer", "Trajectory", "set_log_prob",
-           "step_features"]
+__all__ = ["FEATURES", "FeatureProvider", "LearnedPolicy", "MLPScorer", "TransformerScorer", "Trajectory",
+           "feature_provider", "feature_providers", "register_feature", "set_log_prob", "step_features"]
 
 FEATURES = ("confidence", "margin", "entropy", "log_prob", "position", "step_fraction", "mask")
 NUM_FEATURES = len(FEATURES)
@@ -78,6 +87,110 @@ def step_features(ctx: StepContext) -> torch.Tensor:
         (step / steps).expand(B, W),
         eligible.float(),
     ], dim=-1)
+
+
+# Feature providers ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FeatureProvider:
+    """A registered source of extra per-position features (see :func:`register_feature`)."""
+
+    name: str
+    fn: Callable[[StepContext], torch.Tensor]
+    columns: tuple[str, ...]
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+
+_PROVIDERS: dict[str, FeatureProvider] = {}
+_PROVIDER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,99}")
+_MAX_PROVIDER_WIDTH = 256
+# Where the library's own providers are registered, for the error of a name not
+# (yet) registered: loading never imports anything a file names.
+_KNOWN_PROVIDERS = {"sudoku.constraints": "dmkernels.tasks.sudoku"}
+
+
+def register_feature(name: str, columns: Sequence[str] | int, *, replace: bool = False):
+    """Register a feature provider under ``name``; use as a decorator::
+
+        @register_feature("mytask.parity", ["proposal_even"])
+        def parity(ctx):                        # ctx: the step's StepContext
+            even = (ctx.stats.token % 2 == 0) & ctx.eligible
+            return even.float()[..., None]      # float32 [B, W, 1], on ctx.eligible's device
+
+    The function maps a :class:`StepContext` to float32 features ``[B, W,
+    len(columns)]`` on the device of the step (``ctx.eligible``), without host
+    sync (no ``.item()``, ``.tolist()``, ``bool(tensor)``, boolean-mask
+    indexing). ``columns``: the features' names (or their number). A
+    :class:`LearnedPolicy` built with ``features=[name, ...]`` appends the
+    columns after :data:`FEATURES`, in order, and saves only the name: the
+    module that registers a provider must be imported before a policy naming it
+    is built or loaded. Registering a taken name raises unless ``replace=True``
+    (registering the same function again is allowed: a module imported twice).
+    """
+    op = "policies.register_feature"
+    if not isinstance(name, str) or not _PROVIDER_NAME.fullmatch(name):
+        check.fail(op, f"name must be a string of letters, digits, '_', '.', '-' (at most 100, starting with a "
+                       f"letter or '_'), got {name!r}", TypeError if not isinstance(name, str) else ValueError)
+    if isinstance(columns, bool) or not isinstance(columns, (int, list, tuple)):
+        check.fail(op, f"{name!r}: columns must be a list of feature names or their number, got "
+                       f"{type(columns).__name__}", TypeError)
+    if isinstance(columns, int):
+        columns = tuple(f"{name}[{i}]" for i in range(columns))
+    columns = tuple(columns)
+    if not 1 <= len(columns) <= _MAX_PROVIDER_WIDTH or not all(isinstance(c, str) and c for c in columns):
+        check.fail(op, f"{name!r}: columns must name 1 to {_MAX_PROVIDER_WIDTH} features (non-empty strings), "
+                       f"got {columns!r}")
+
+    def add(fn):
+        if not callable(fn):
+            check.fail(op, f"{name!r}: the provider must be callable, got {type(fn).__name__}", TypeError)
+        old = _PROVIDERS.get(name)
+        if old is not None and not replace and (old.fn is not fn or old.columns != columns):
+            check.fail(op, f"a feature provider named {name!r} is already registered ({old.fn!r}); "
+                           "pass replace=True to replace it")
+        _PROVIDERS[name] = FeatureProvider(name, fn, columns)
+        return fn
+
+    return add
+
+
+def feature_providers() -> tuple[str, ...]:
+    """The names of the registered feature providers."""
+    return tuple(sorted(_PROVIDERS))
+
+
+def _unknown_provider(name) -> str:
+    hint = _KNOWN_PROVIDERS.get(name) if isinstance(name, str) else None
+    how = (f"import {hint} first, which registers it" if hint else
+           "register it with dmkernels.policies.register_feature (import the module that does) first")
+    return f"unknown feature provider {name!r}: {how} (registered: {list(feature_providers())})"
+
+
+def feature_provider(name: str) -> FeatureProvider:
+    """The registered provider ``name`` (ValueError naming it when there is none)."""
+    if not isinstance(name, str) or name not in _PROVIDERS:
+        check.fail("policies.feature_provider", _unknown_provider(name))
+    return _PROVIDERS[name]
+
+
+def _provided(op: str, provider: FeatureProvider, ctx: StepContext) -> torch.Tensor:
+    """One provider's features for the step, their type, dtype, device and shape checked
+    (metadata only: no host sync)."""
+    out = provider.fn(ctx)
+    who = f"feature provider {provider.name!r}"
+    want = f"float32 [B, W, {provider.width}] = {[*ctx.eligible.shape, provider.width]} on {ctx.eligible.device}"
+    if not isinstance(out, torch.Tensor):
+        check.fail(op, f"{who} returned {type(out).__name__}, expected a tensor {want}", TypeError)
+    if out.dtype != torch.float32:
+        check.fail(op, f"{who} returned dtype {out.dtype}, expected {want}", TypeError)
+    if out.device != ctx.eligible.device:
+        check.fail(op, f"{who} returned a tensor on {out.device}, expected {want}")
+    if tuple(out.shape) != (*ctx.eligible.shape, provider.width):
+        check.fail(op, f"{who} returned shape {list(out.shape)}, expected {want}")
+    return out
 
 
 class _HiddenInput(nn.Module):
@@ -167,20 +280,23 @@ _SCORER_DEFAULTS = {kind: {name: p.default for name, p in inspect.signature(cls)
 _SCORER_KEYS = {kind: tuple(defaults) for kind, defaults in _SCORER_DEFAULTS.items()}
 
 
-def _scorer_config(op: str, where: str, config) -> dict:
-    """A scorer's saved configuration, every field's type and range checked."""
+def _scorer_config(op: str, where: str, config, num_features: int = NUM_FEATURES) -> dict:
+    """A scorer's saved configuration, every field's type and range checked
+    (``num_features``: what the policy's features add up to)."""
     if not isinstance(config, dict):
         check.fail(op, f"{where}: scorer must be a JSON object, got {type(config).__name__}")
     kind = _checkpoint.choice(op, where, "scorer.kind", config.get("kind"), tuple(SCORERS))
     _checkpoint.keys(op, where + " scorer", config, ("kind",) + _SCORER_KEYS[kind], required=("kind",))
     out = dict(config)
+    if "num_features" not in config and num_features != NUM_FEATURES:
+        check.fail(op, f"{where}: scorer.num_features is missing; the features add up to {num_features}")
     limits = dict(hidden=_MAX_WIDTH, d_model=_MAX_WIDTH, hidden_features=_MAX_WIDTH, ff=_MAX_FF,
                   heads=_MAX_HEADS, max_positions=_MAX_POSITIONS, hidden_size=_MAX_MODEL_HIDDEN)
     for name, value in config.items():
         if name == "kind" or (name == "hidden_size" and value is None):
             continue
-        if name == "num_features":  # step_features is what the scorer reads
-            _checkpoint.integer(op, where, "scorer.num_features", value, NUM_FEATURES, NUM_FEATURES)
+        if name == "num_features":  # step_features and the providers' columns are what the scorer reads
+            _checkpoint.integer(op, where, "scorer.num_features", value, num_features, num_features)
         else:
             _checkpoint.integer(op, where, f"scorer.{name}", value, 1, limits[name])
     if kind == "transformer":
@@ -276,7 +392,10 @@ class LearnedPolicy(Policy):
     Parameters
     ----------
     scorer : an ``nn.Module`` mapping features [B, W, F] to scores [B, W]
-        (:class:`MLPScorer`, :class:`TransformerScorer` or your own).
+        (:class:`MLPScorer`, :class:`TransformerScorer` or your own), with F =
+        ``len(FEATURES)`` plus the providers' columns (``policy.num_features``).
+    features : names of registered feature providers (:func:`register_feature`)
+        whose columns follow :data:`FEATURES`, in this order; () for none.
     selection : "topk" (the schedule's count per step; scheduled) or
         "threshold" (sigmoid(score) > 0.5, at least one; adaptive).
     schedule : for "topk"; default LinearCounts.
@@ -290,11 +409,33 @@ class LearnedPolicy(Policy):
     parameters, nothing else).
     """
 
-    def __init__(self, scorer: nn.Module, *, selection: str = "topk", schedule=None, explore: float | None = None):
+    def __init__(self, scorer: nn.Module, *, features: Sequence[str] = (), selection: str = "topk", schedule=None,
+                 explore: float | None = None):
         if selection not in ("topk", "threshold"):
             raise ValueError(f"LearnedPolicy: selection must be 'topk' or 'threshold', got {selection!r}")
         self.adaptive = selection == "threshold"
         super().__init__(schedule)
+        op = "learned.LearnedPolicy"
+        if isinstance(features, str):
+            features = (features,)
+        if not isinstance(features, (list, tuple)):
+            check.fail(op, f"features must be a list of feature provider names, got {type(features).__name__}",
+                       TypeError)
+        if len(set(features)) != len(features):
+            check.fail(op, f"features names a provider twice: {list(features)}")
+        # Resolved now, so that an unknown name or a scorer of the wrong width fails
+        # before any model call.
+        for name in features:
+            if not isinstance(name, str) or name not in _PROVIDERS:
+                check.fail(op, _unknown_provider(name))
+        self._providers = tuple(_PROVIDERS[name] for name in features)
+        self.features = tuple(features)
+        config = getattr(scorer, "config", None)
+        width = config.get("num_features") if isinstance(config, dict) else None
+        if width is not None and width != self.num_features:
+            parts = " + ".join([f"{NUM_FEATURES} (FEATURES)"] + [f"{p.width} ({p.name})" for p in self._providers])
+            check.fail(op, f"the scorer reads num_features = {width}, but the features add up to "
+                           f"{parts} = {self.num_features}; build it with num_features={self.num_features}")
         self.scorer = scorer
         self.selection = selection
         self.explore = explore
@@ -316,6 +457,24 @@ class LearnedPolicy(Policy):
         return self.selection == "topk"
 
     @property
+    def num_features(self) -> int:
+        """Features per position the scorer reads: :data:`FEATURES` plus the providers' columns."""
+        return NUM_FEATURES + sum(p.width for p in self._providers)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The name of every feature column, in order."""
+        return FEATURES + tuple(f"{p.name}:{c}" for p in self._providers for c in p.columns)
+
+    def step_features(self, ctx: StepContext) -> torch.Tensor:
+        """float32 features [B, W, num_features] of a step: :func:`step_features`, then
+        each provider's columns (each checked: tensor, float32, the step's device, shape)."""
+        base = step_features(ctx)
+        if not self._providers:
+            return base
+        return torch.cat([base] + [_provided("learned.LearnedPolicy", p, ctx) for p in self._providers], dim=-1)
+
+    @property
     def needs_hidden(self) -> bool:
         """The scorer reads the model's last hidden state (the sampler then asks the
         model for ``output_hidden_states``)."""
@@ -328,7 +487,7 @@ class LearnedPolicy(Policy):
 
     @torch.no_grad()
     def select(self, ctx: StepContext) -> torch.Tensor:
-        features = step_features(ctx)
+        features = self.step_features(ctx)
         hidden = ctx.hidden if self.needs_hidden else None
         if self.needs_hidden and hidden is None:
             raise ValueError("LearnedPolicy: the scorer reads hidden states but the step has none")
@@ -368,7 +527,7 @@ class LearnedPolicy(Policy):
         config = getattr(self.scorer, "config", None)
         if config is None:
             raise ValueError("LearnedPolicy.save: the scorer needs a .config dict (MLPScorer, TransformerScorer)")
-        meta = {"dmkernels": json.dumps(dict(scorer=config, selection=self.selection))}
+        meta = {"dmkernels": json.dumps(dict(scorer=config, selection=self.selection, features=list(self.features)))}
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.scorer.state_dict().items()}
         save_file(tensors, path, metadata=meta)
 
@@ -384,9 +543,19 @@ class LearnedPolicy(Policy):
             check.fail(op, f"{path} was not written by LearnedPolicy.save (no 'dmkernels' metadata)")
         where = f"{path} (metadata 'dmkernels')"
         saved = _checkpoint.json_object(op, where, meta["dmkernels"])
-        _checkpoint.keys(op, where, saved, ("scorer", "selection"), required=("scorer", "selection"))
+        _checkpoint.keys(op, where, saved, ("scorer", "selection", "features"), required=("scorer", "selection"))
         selection = _checkpoint.choice(op, where, "selection", saved["selection"], ("topk", "threshold"))
-        config = _scorer_config(op, where, saved["scorer"])
+        # Providers by name only (the file holds no code): each must be registered now.
+        features = saved.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(n, str) for n in features):
+            check.fail(op, f"{where}: features must be a list of provider names, got {features!r}")
+        if len(set(features)) != len(features):
+            check.fail(op, f"{where}: features names a provider twice: {features}")
+        for name in features:
+            if name not in _PROVIDERS:
+                check.fail(op, f"{where}: {_unknown_provider(name)}")
+        width = NUM_FEATURES + sum(_PROVIDERS[n].width for n in features)
+        config = _scorer_config(op, where, saved["scorer"], width)
         _checkpoint.match(op, path, _scorer_shapes(config), tensors, _MAX_PARAMETERS)
         kind = config.pop("kind")
         scorer = SCORERS[kind](**config)
@@ -394,11 +563,12 @@ class LearnedPolicy(Policy):
         scorer.eval()
         if device is not None:
             scorer.to(device)
-        return cls(scorer, selection=selection, schedule=schedule, explore=explore)
+        return cls(scorer, features=features, selection=selection, schedule=schedule, explore=explore)
 
     def __repr__(self):
         kind = getattr(self.scorer, "config", {}).get("kind", type(self.scorer).__name__)
-        return f"LearnedPolicy({kind}, selection={self.selection!r}, explore={self.explore!r})"
+        extra = f", features={list(self.features)!r}" if self.features else ""
+        return f"LearnedPolicy({kind}{extra}, selection={self.selection!r}, explore={self.explore!r})"
 
 
 # Log-probability of a chosen set ----------------------------------------------

@@ -1,8 +1,10 @@
 """Tasks with a checkable answer, for measuring the quality of unmasking orders.
 
 - :mod:`dmkernels.tasks.sudoku`: 9x9 Sudoku puzzles with unique solutions
-  (seeded generator, token encoding, scoring, a fixed held-out set) and a
-  small trained masked-diffusion denoiser shipped with the repository.
+  (seeded generator, token encoding, scoring, a fixed held-out set and a
+  development set), a small trained masked-diffusion denoiser shipped with the
+  repository, the constraint features of learned policies (feature provider
+  ``"sudoku.constraints"``) and the hand rule ``SinglesFirst``.
 """
 from . import sudoku
 

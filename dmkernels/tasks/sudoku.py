@@ -46,6 +46,17 @@ Scoring (batched over ``[N, 81]`` tokens, or one ``[81]`` canvas)
     as "equals the solution"). :func:`cell_accuracy`: fraction of the
     originally blank cells that hold the solution's digit.
 
+Constraints (on the device, batched, no host sync)
+    :func:`constraints` reads a canvas and the denoiser's proposals: per cell,
+    the digits still legal given the committed cells, whether the proposal is
+    legal, naked singles (one legal digit) and hidden singles (the only place
+    in a row, column or box where a digit is legal), and how many masked peers
+    propose the same digit. :func:`constraint_features` is the same as a
+    :class:`~dmkernels.policies.LearnedPolicy` feature provider, registered as
+    ``"sudoku.constraints"`` (importing this module registers it), and
+    :class:`SinglesFirst` is the hand rule "singles first, then confidence":
+    a Sudoku-specific reference policy for the learned ones.
+
 The shipped denoiser
     :func:`load_denoiser` returns the :class:`~dmkernels.models.DiffusionLM`
     trained by ``benchmarks/sudoku/train_denoiser.py`` from the checkpoint
@@ -66,6 +77,9 @@ import torch
 
 from .. import _checkpoint
 from .. import _checks as check
+from .. import ops
+from ..policies.base import Policy
+from ..policies.learned import register_feature
 
 __all__ = [
     "NUM_CELLS",
@@ -80,6 +94,12 @@ __all__ = [
     "generate_grids",
     "generate_puzzles",
     "heldout_puzzles",
+    "DEV_SEED",
+    "dev_puzzles",
+    "CONSTRAINT_FEATURES",
+    "constraints",
+    "constraint_features",
+    "SinglesFirst",
     "digits_to_tokens",
     "tokens_to_digits",
     "augment",
@@ -96,6 +116,7 @@ NUM_CELLS = 81
 VOCAB_SIZE = 10
 MASK_TOKEN = 9
 HELDOUT_SEED = 990_001  # the held-out puzzles; never used for training
+DEV_SEED = 7777  # the development puzzles: model selection, never training
 BUDGETS = ("short", "long")  # the committed checkpoints
 
 # --------------------------------------------------------------------------
@@ -288,6 +309,13 @@ def heldout_puzzles(n: int = 200, givens: int = 24) -> tuple[torch.Tensor, torch
     return generate_puzzles(n, givens, seed=HELDOUT_SEED)
 
 
+def dev_puzzles(n: int = 500, givens: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """The development set, for model selection (choosing checkpoints, settings):
+    ``generate_puzzles(n, givens, seed=DEV_SEED)``. Disjoint in purpose from the
+    held-out set, which reports results and selects nothing."""
+    return generate_puzzles(n, givens, seed=DEV_SEED)
+
+
 # --------------------------------------------------------------------------
 # Encoding and scoring.
 
@@ -380,6 +408,100 @@ def augment(grids: torch.Tensor, generator: torch.Generator | None = None) -> to
     flip = torch.rand(n, generator=generator) < 0.5
     g = torch.where(flip[:, None, None], g.transpose(1, 2), g)
     return g.reshape(n, NUM_CELLS).to(dev)
+
+
+# --------------------------------------------------------------------------
+# Constraints on the device: what the canvas says about each proposal.
+
+CONSTRAINT_FEATURES = ("legal_count", "proposal_legal", "naked_single", "hidden_single", "peers_same")
+_GEOMETRY: dict = {}
+
+
+def _geometry(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ``units [27, 81]`` (rows, columns, boxes) and ``peers [81, 81]`` (same
+    unit, not the cell itself) on ``device``, built once per device."""
+    key = str(device)
+    if key not in _GEOMETRY:
+        cells = torch.arange(NUM_CELLS)
+        units = torch.zeros(27, NUM_CELLS)
+        units[torch.tensor(_ROW), cells] = 1
+        units[9 + torch.tensor(_COL), cells] = 1
+        units[18 + torch.tensor(_BOX), cells] = 1
+        peers = ((units.T @ units) > 0) & ~torch.eye(NUM_CELLS, dtype=torch.bool)
+        _GEOMETRY[key] = (units.to(device), peers.float().to(device))
+    return _GEOMETRY[key]
+
+
+def constraints(canvas: torch.Tensor, proposals: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the committed cells of ``canvas`` (tokens ``[B, 81]``, MASK_TOKEN in the
+    blanks) say about ``proposals`` (tokens ``[B, 81]``: a digit 0..8 proposed per
+    cell; anything else proposes nothing). On the canvas's device, no host sync;
+    every value is about masked cells (zero / False elsewhere):
+
+    - ``legal`` bool ``[B, 81, 9]``: the digits no committed peer holds;
+      ``legal_count`` int ``[B, 81]``: how many;
+    - ``proposal_legal`` bool ``[B, 81]``: the proposal is a legal digit;
+    - ``naked_single``: the cell has one legal digit and the proposal is it;
+    - ``hidden_single``: the proposal is legal here and nowhere else among the
+      masked cells of one of the cell's row, column or box;
+    - ``peers_same`` int ``[B, 81]``: masked peers (same row, column or box)
+      proposing the same digit.
+
+    Both singles are forced by the rules: a proposal flagged as one is right in
+    every solution of the canvas (if it has one)."""
+    if canvas.shape != proposals.shape or canvas.dim() != 2 or canvas.shape[-1] != NUM_CELLS:
+        raise ValueError(f"dmkernels.tasks.sudoku.constraints: canvas and proposals must both be [B, 81], got "
+                         f"{list(canvas.shape)} and {list(proposals.shape)}")
+    units, peers = _geometry(canvas.device)
+    digits = torch.arange(9, device=canvas.device)
+    masked = canvas == MASK_TOKEN
+    committed = (canvas[..., None] == digits).float()              # [B, 81, 9]
+    legal = (torch.matmul(peers, committed) == 0) & masked[..., None]
+    proposed = (proposals[..., None] == digits) & masked[..., None]  # [B, 81, 9], one-hot or empty
+    legal_count = legal.sum(-1)
+    proposal_legal = (legal & proposed).any(-1)
+    places = torch.matmul(units, legal.float())                     # [B, 27, 9]: cells where d is legal
+    forced = (torch.matmul(units.T, (places == 1).float()) > 0) & legal
+    peers_same = (torch.matmul(peers, proposed.float()) * proposed).sum(-1)
+    return dict(legal=legal, legal_count=legal_count, proposal_legal=proposal_legal,
+                naked_single=proposal_legal & (legal_count == 1), hidden_single=(forced & proposed).any(-1),
+                peers_same=peers_same.round().to(torch.int64))
+
+
+def _check_block(op: str, ctx) -> None:
+    if ctx.x.shape[-1] != NUM_CELLS:
+        raise ValueError(f"dmkernels.tasks.sudoku.{op}: the step's block has {ctx.x.shape[-1]} positions; Sudoku "
+                         f"needs the whole {NUM_CELLS}-cell canvas as one block (dmkernels.infill, block_length=None)")
+
+
+@register_feature("sudoku.constraints", CONSTRAINT_FEATURES)
+def constraint_features(ctx) -> torch.Tensor:
+    """The ``"sudoku.constraints"`` feature provider: float32 ``[B, 81, 5]``
+    (:data:`CONSTRAINT_FEATURES`): legal digits / 9, proposal legal, naked
+    single, hidden single (0/1), masked peers proposing the same digit (a
+    count); zero at positions not eligible. From :func:`constraints` on the
+    step's canvas and proposals."""
+    _check_block("constraint_features", ctx)
+    c = constraints(ctx.x, ctx.stats.token)
+    out = torch.stack([c["legal_count"].float() / 9, c["proposal_legal"].float(), c["naked_single"].float(),
+                       c["hidden_single"].float(), c["peers_same"].float()], dim=-1)
+    return torch.where(ctx.eligible[..., None], out, 0.0)
+
+
+class SinglesFirst(Policy):
+    """The hand rule "singles first, then confidence": commit the schedule's count,
+    taking first the cells whose proposal is a naked or hidden single (forced by
+    the rules), most confident first, then the others, most confident first.
+    A Sudoku-specific reference for the learned policies (it reads the canvas,
+    which the generic heuristics do not)."""
+
+    def select(self, ctx):
+        _check_block("SinglesFirst", ctx)
+        c = constraints(ctx.x, ctx.stats.token)
+        single = (c["naked_single"] | c["hidden_single"]).float()
+        # Confidence is at most 1, so +2 puts every single above every other cell.
+        score = ctx.stats.confidence.float() + 2.0 * single
+        return ops.select_topk(score, ctx.quota, ctx.eligible, backend=ctx.backend)
 
 
 # --------------------------------------------------------------------------
