@@ -106,6 +106,8 @@ setup(
     extras_require={
         "triton": ["triton>=3.6,<4"],
         "bench": ["matplotlib>=3.8,<4"],
+        # dmkernels.compat.diffusers (BlockRefinementScheduler appeared in 0.42).
+        "diffusers": ["diffusers>=0.42.1,<0.43"],
         "test": ["pytest>=8,<10", "pytest-benchmark>=5,<6", "hypothesis>=6.100,<7", "ninja"],
     },
 )
