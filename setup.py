@@ -5,9 +5,10 @@ Environment:
   DMKERNELS_NO_EXTENSION=1   build no compiled code (the package runs on its
                              PyTorch reference ops and says so once)
   DMKERNELS_NO_CUDA=1        skip csrc/cuda/ even where it could be built
-  DMKERNELS_CPU_ARCH=auto|avx2|generic
-                             SIMD level of the CPU kernels (auto: AVX2+FMA when
-                             this machine has them, since it builds for itself)
+  DMKERNELS_CPU_ARCH=auto|avx512|avx2|generic
+                             SIMD level of the CPU kernels (auto: the best of
+                             AVX-512 (F/BW/DQ/VL) and AVX2+FMA this machine has,
+                             since it builds for itself)
 
 Install with the PyTorch already present:  pip install --no-build-isolation .
 """
@@ -24,25 +25,38 @@ def _flag(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
 
-def _cpu_has_avx2():
+def _cpu_flags():
+    """The flags of /proc/cpuinfo's first processor, empty off x86-64 Linux."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+        return set()
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return " avx2" in flags and " fma" in flags and " f16c" in flags
+        pass
+    return set()
+
+
+AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+# The AVX-512 build keeps AVX2 (the 8-lane sampling code of token_stats.cpp).
+AVX512_FLAGS = ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"]
 
 
 def _cpu_arch_flags():
     arch = os.environ.get("DMKERNELS_CPU_ARCH", "auto")
-    if arch not in ("auto", "avx2", "generic"):
-        raise SystemExit(f"DMKERNELS_CPU_ARCH must be auto, avx2 or generic, got {arch!r}")
-    if arch == "avx2" or (arch == "auto" and _cpu_has_avx2()):
-        # at::vec picks its AVX2 specialisations from these macros.
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    return []
+    if arch not in ("auto", "avx512", "avx2", "generic"):
+        raise SystemExit(f"DMKERNELS_CPU_ARCH must be auto, avx512, avx2 or generic, got {arch!r}")
+    if arch == "auto":
+        have = _cpu_flags()
+        if {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"} <= have:
+            arch = "avx512"
+        elif {"avx2", "fma", "f16c"} <= have:
+            arch = "avx2"
+    # at::vec picks its AVX2 / AVX-512 specialisations from the CPU_CAPABILITY macros.
+    return {"avx512": AVX512_FLAGS, "avx2": AVX2_FLAGS}.get(arch, [])
 
 
 def _extensions():

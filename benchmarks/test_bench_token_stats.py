@@ -1,10 +1,11 @@
 """token_stats (and LLaDA's whole step) against LLaDA, Dream and plain float32
-PyTorch; one group per case, ours and the baseline side by side."""
+PyTorch, on every kind of rows (randn * 4 and * 1, peaked, -inf entries), and
+sampling against the argmax; one group per case, ours and the baseline side by side."""
 import pytest
 
-from dmkernels.bench.cases import SelectCommitCase, all_cases
+from dmkernels.bench.cases import SelectCommitCase, every_case
 
-CASES = [c for c in all_cases() if not isinstance(c, SelectCommitCase)]
+CASES = [c for c in every_case() if not isinstance(c, SelectCommitCase)]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: c.name)

@@ -126,6 +126,11 @@ inline void check_token_stats_partial_args(const at::Tensor& logits, double temp
   TORCH_CHECK_VALUE(vocab_start + logits.size(-1) <= (int64_t{1} << 24),
               "dmkernels.token_stats_partial: vocab_start + V = ", vocab_start + logits.size(-1),
               " exceeds 2**24");
+  // Sampling draws per noise group of 32 columns (common/noise.h): a slice must
+  // hold whole groups to reproduce the whole row's draw.
+  TORCH_CHECK_VALUE(temperature == 0.0 || vocab_start % 32 == 0,
+                    "dmkernels.token_stats_partial: vocab_start must be a multiple of 32 when temperature > 0, got ",
+                    vocab_start);
   TORCH_CHECK_VALUE(row_offset >= 0, "dmkernels.token_stats_partial: row_offset must be >= 0, got ", row_offset);
   TORCH_CHECK_VALUE(row_offset + logits.numel() / logits.size(-1) <= (int64_t{1} << 32),
               "dmkernels.token_stats_partial: row_offset + rows exceeds 2**32");
@@ -207,6 +212,56 @@ inline std::tuple<at::Tensor, at::Tensor> new_commit_outputs(const at::Tensor& x
     remaining.fill_(-7);
   }
   return {changed, remaining};
+}
+
+inline void check_edit_args(const at::Tensor& x, const at::Tensor& token, const at::Tensor& confidence,
+                            const at::Tensor& editable, double threshold) {
+  const char* op = "edit_";
+  TORCH_CHECK_VALUE(x.dim() == 2, "dmkernels.edit_: x must be 2-D [B, L], got shape ", x.sizes());
+  check_dtype(op, "x", x, {at::kLong, at::kInt});
+  check_dtype(op, "token", token, {at::kLong, at::kInt});
+  check_dtype(op, "confidence", confidence, {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
+  check_dtype(op, "editable", editable, {at::kBool});
+  check_same_device(op, "token", token, x, "x");
+  check_same_device(op, "confidence", confidence, x, "x");
+  check_same_device(op, "editable", editable, x, "x");
+  check_shape(op, "token", token, x.sizes(), "x.shape");
+  check_shape(op, "confidence", confidence, x.sizes(), "x.shape");
+  check_shape(op, "editable", editable, x.sizes(), "x.shape");
+  TORCH_CHECK_VALUE(!std::isnan(threshold), "dmkernels.edit_: threshold is NaN");
+  TORCH_CHECK_VALUE(at::has_internal_overlap(x) != at::MemOverlap::Yes,
+                    "dmkernels.edit_: x has elements that share memory (e.g. from expand()); "
+                    "pass a tensor whose elements are distinct, e.g. x.clone()");
+}
+
+// edit_ compares `confidence > threshold` as PyTorch does with a Python float:
+// in the confidence's dtype, the threshold converted to it like torch's copy
+// kernel does (static_cast; half and bfloat16 through float, as c10 converts).
+// The result is exact in float64, where the kernels compare.
+inline double edit_threshold_in_dtype(double threshold, at::ScalarType confidence_dtype) {
+  if (confidence_dtype == at::kDouble) return threshold;
+  // IEEE rounding to float spelled out: a static_cast beyond float's range is
+  // undefined in C++ (x86 rounds it as below, which is what torch gets).
+  const double half_ulp_past_max = 0x1.ffffffp127;  // ties round to the even neighbour, 2^128 = inf
+  const float big = std::fabs(threshold) >= half_ulp_past_max ? INFINITY : std::numeric_limits<float>::max();
+  const float f = std::fabs(threshold) > std::numeric_limits<float>::max() ? (threshold > 0 ? big : -big)
+                                                                             : static_cast<float>(threshold);
+  switch (confidence_dtype) {
+    case at::kHalf: return static_cast<double>(static_cast<float>(c10::Half(f)));
+    case at::kBFloat16: return static_cast<double>(static_cast<float>(c10::BFloat16(f)));
+    default: return static_cast<double>(f);
+  }
+}
+
+// edit_'s outputs: changed [B, L] and edits per row [B] (poisoned under the test flag).
+inline std::tuple<at::Tensor, at::Tensor> new_edit_outputs(const at::Tensor& x) {
+  at::Tensor changed = at::empty(x.sizes(), x.options().dtype(at::kBool));
+  at::Tensor edits = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  if (poison_outputs()) {
+    changed.fill_(true);
+    edits.fill_(-7);
+  }
+  return {changed, edits};
 }
 
 // token_stats' outputs, shaped logits.shape[:-1] (poisoned under the test flag).

@@ -124,6 +124,10 @@ def _check_token_stats_partial(logits, temperature, seed, offset, tempered_score
     row_offset = check.integer(op, "row_offset", row_offset, minimum=0)
     if vocab_start + logits.shape[-1] > MAX_COLUMNS:
         check.fail(op, f"vocab_start + V = {vocab_start + logits.shape[-1]} exceeds 2**24")
+    if args[1] > 0 and vocab_start % 32:
+        # Sampling draws per noise group of 32 columns (csrc/common/noise.h): a slice
+        # must hold whole groups to reproduce the whole row's draw.
+        check.fail(op, f"vocab_start must be a multiple of 32 when temperature > 0, got {vocab_start}")
     if row_offset + logits.numel() // logits.shape[-1] > 2**32:
         check.fail(op, "row_offset + rows exceeds 2**32")
     return (*args, vocab_start, row_offset)
@@ -177,10 +181,23 @@ def _check_commit(x, token, select, mask_id):
     mask_id = check.integer(op, "mask_id", mask_id, minimum=0)
     if x.dtype == torch.int32 and mask_id > 2**31 - 1:
         check.fail(op, f"mask_id = {mask_id} does not fit x's dtype int32")
-    check.no_internal_overlap(op, "x", x)
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling():  # the traced op checks both again when it runs (not traceable here)
+        check.no_internal_overlap(op, "x", x)
         check.tokens_fit_int32(op, x, token, select)  # CPU tensors only, where reading is free
     return x, token, select, mask_id
+
+
+def _check_edit(x, token, confidence, editable, threshold):
+    op = "edit_"
+    check.scores_2d(op, "x", x, check.INDEX_DTYPES)
+    for name, t, dtypes in (("token", token, check.INDEX_DTYPES), ("confidence", confidence, check.SCORE_DTYPES),
+                            ("editable", editable, (torch.bool,))):
+        check.like(op, name, t, x, "x", dtypes, x.shape, "x.shape")
+    threshold = check.number(op, "threshold", threshold)  # +-inf allowed: every / no confident position
+    if not torch.compiler.is_compiling():  # the traced op checks both again when it runs (not traceable here)
+        check.no_internal_overlap(op, "x", x)
+        check.tokens_fit_int32(op, x, token, editable)  # CPU tensors only, where reading is free
+    return x, token, confidence, editable, threshold
 
 
 # ---------------------------------------------------------------------------
@@ -206,6 +223,10 @@ def _fake_selection(*args):
 
 def _fake_commit(x, token, select, mask_id):
     return select.new_empty(x.shape, dtype=torch.bool), x.new_empty((x.shape[0],), dtype=torch.int64)
+
+
+def _fake_edit(x, token, confidence, editable, threshold):
+    return editable.new_empty(x.shape, dtype=torch.bool), x.new_empty((x.shape[0],), dtype=torch.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -252,8 +273,8 @@ def _token_stats_samples():
 def _token_stats_partial_samples():
     logits = _logits()
     return [
-        (logits, 0.0, 0, 0, False, None, None, 0, 0),
-        (logits.bfloat16(), 0.7, 3, 2, True, torch.rand(3, 5) < 0.5, None, 45, 7),
+        (logits, 0.0, 0, 0, False, None, None, 45, 0),
+        (logits.bfloat16(), 0.7, 3, 2, True, torch.rand(3, 5) < 0.5, None, 96, 7),
         (logits[:, :, :30], 1.0, 1, 0, False, None, torch.tensor([5, 2]), 64, 0),
         (logits.half(), 0.5, 2, 1, False, None, None, 0, 100),
     ]
@@ -305,6 +326,18 @@ def _commit_samples():
     return out
 
 
+def _edit_samples():
+    out = []
+    for dtype, conf_dtype in ((torch.int64, torch.float32), (torch.int32, torch.bfloat16),
+                              (torch.int64, torch.float64)):
+        x = torch.randint(0, 6, (4, 19), dtype=dtype)
+        token = torch.randint(-1, 6, (4, 19), dtype=torch.int32 if dtype == torch.int64 else torch.int64)
+        confidence = torch.rand(4, 19).to(conf_dtype)
+        confidence[0, :3] = torch.tensor([math.nan, math.inf, -math.inf]).to(conf_dtype)
+        out.append((x, token, confidence, torch.rand(4, 19) < 0.7, 0.5))
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Invalid raw calls: the same error type on every backend.
 # ---------------------------------------------------------------------------
@@ -339,6 +372,7 @@ def _token_stats_partial_bad():
     return _token_stats_bad(True) + [
         Bad((x, 0.0, 0, 0, False, None, None, -1, 0), ValueError, ("vocab_start", ">= 0")),
         Bad((x, 0.0, 0, 0, False, None, None, 2**24 - 5, 0), ValueError, ("vocab_start", "2**24")),
+        Bad((x, 0.5, 0, 0, False, None, None, 40, 0), ValueError, ("vocab_start", "multiple of 32")),
         Bad((x, 0.0, 0, 0, False, None, None, 0, -1), ValueError, ("row_offset", ">= 0")),
         Bad((x, 0.0, 0, 0, False, None, None, 0, 2**32 - 1), ValueError, ("row_offset", "2**32")),
     ]
@@ -407,6 +441,25 @@ def _commit_bad():
     ]
 
 
+def _edit_bad():
+    x, t = torch.zeros(*S, dtype=torch.int64), torch.ones(*S, dtype=torch.int64)
+    c, e = torch.rand(*S), torch.ones(*S, dtype=torch.bool)
+    return [
+        Bad((x.float(), t, c, e, 0.5), TypeError, ("x", "float32")),
+        Bad((x[0], t[0], c[0], e[0], 0.5), ValueError, ("x", "2-D")),
+        Bad((x, t[:, :4], c, e, 0.5), ValueError, ("token", "shape")),
+        Bad((x, t.float(), c, e, 0.5), TypeError, ("token", "float32")),
+        Bad((x, t, c.long(), e, 0.5), TypeError, ("confidence", "int64")),
+        Bad((x, t, c.t(), e, 0.5), ValueError, ("confidence", "shape")),
+        Bad((x, t, c, e.int(), 0.5), TypeError, ("editable", "bool")),
+        Bad((x, t, c, e[:3], 0.5), ValueError, ("editable", "shape")),
+        Bad((x, t, c, e, math.nan), ValueError, ("threshold", "NaN")),
+        Bad((torch.zeros(1, 19, dtype=torch.int64).expand(4, 19), t, c, e, 0.5), ValueError,
+            ("x", "share memory"), True),
+        Bad((x.int(), torch.full(S, 2**31), c, e, 0.5), ValueError, ("token[0, 0]", "int32"), True),
+    ]
+
+
 # ---------------------------------------------------------------------------
 # The ops.
 # ---------------------------------------------------------------------------
@@ -456,6 +509,12 @@ _register(OpSpec(
     name="commit_", schema="(Tensor(a!) x, Tensor token, Tensor select, int mask_id) -> (Tensor, Tensor)",
     check=_check_commit, fake=_fake_commit, reference="commit_reference",
     samples=_commit_samples, bad=_commit_bad, mutates=("x",),
+))
+_register(OpSpec(
+    name="edit_",
+    schema="(Tensor(a!) x, Tensor token, Tensor confidence, Tensor editable, float threshold) -> (Tensor, Tensor)",
+    check=_check_edit, fake=_fake_edit, reference="edit_reference",
+    samples=_edit_samples, bad=_edit_bad, mutates=("x",),
 ))
 
 

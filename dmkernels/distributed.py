@@ -7,8 +7,9 @@ step; :func:`token_stats` instead reduces each slice to eight floats per positio
 (``dmkernels.token_stats_partial``), gathers those (one collective of
 ``8 * 4 * rows`` bytes per rank) and merges them into exactly what
 ``dmkernels.token_stats`` gives on the whole rows: the same token for the same
-seed (the noise of a column is that of its global index, so the draw does not
-depend on the number of ranks or where the vocabulary is cut), scores within
+seed (the noise of a column, and of a group of 32 columns, is that of its
+global index, so the draw does not depend on the number of ranks or where the
+vocabulary is cut; when sampling, cuts fall on multiples of 32), scores within
 float32 rounding. Every rank gets the same statistics, so ranks that run
 ``dmkernels.generate(..., parallel=VocabParallel(...))`` make the same decisions.
 
@@ -98,7 +99,7 @@ def token_stats(
 
     Every rank calls it with its slice ``local_logits`` [..., V_k] holding columns
     ``[vocab_start, vocab_start + V_k)`` (slices may be uneven but must tile the
-    vocabulary; the leading dims and every other argument must agree across
+    vocabulary, and start on multiples of 32 when T > 0; the leading dims and every other argument must agree across
     ranks). Returns the statistics of the whole rows on every rank: tokens are
     global ids. ``seed`` is required when sampling (T > 0), because each rank
     drawing its own would desynchronise them. ``row_offset`` shifts the rows'
@@ -162,7 +163,7 @@ class Parallel:
     #: the model's logits are a vocabulary slice (their width is not the vocabulary size)
     slices_vocabulary: bool = False
 
-    def refuse(self, *, seed, logits_processor) -> str | None:
+    def refuse(self, *, seed, logits_processor, temperature=0.0) -> str | None:
         """Why this mode cannot run with these settings (the sampler raises it), or None."""
         return None
 
@@ -195,7 +196,9 @@ class SingleProcess(Parallel):
 class VocabParallel(Parallel):
     """The model returns this rank's vocabulary slice of the logits.
 
-    ``vocab_start`` is the global id of the slice's first column. Pass as
+    ``vocab_start`` is the global id of the slice's first column, a multiple of
+    32 when sampling (temperature > 0: the sampler draws per group of 32
+    global columns, which a slice must hold whole). Pass as
     ``generate(..., parallel=VocabParallel(vocab_start, group))``; every rank of
     ``group`` runs the same call with the same ``seed`` and gets the same tokens.
     """
@@ -205,9 +208,13 @@ class VocabParallel(Parallel):
 
     slices_vocabulary = True
 
-    def refuse(self, *, seed, logits_processor) -> str | None:
+    def refuse(self, *, seed, logits_processor, temperature=0.0) -> str | None:
         if seed is None:
             return "seed must be given with VocabParallel: every rank must draw the same numbers"
+        if temperature > 0 and self.vocab_start % 32:
+            # The sampler draws per group of 32 global columns (csrc/common/noise.h).
+            return (f"VocabParallel(vocab_start={self.vocab_start}): vocab_start must be a multiple of 32 "
+                    "when temperature > 0")
         if logits_processor is not None:
             return "a logits_processor needs whole rows: it cannot run on VocabParallel slices"
         return None

@@ -22,6 +22,7 @@ from .reference import (
     TokenStats,
     commit_reference,
     dilated_groups_reference,
+    edit_reference,
     select_entropy_bounded_reference,
     select_factor_reference,
     select_group_reference,
@@ -143,11 +144,14 @@ def token_stats(
         float32, bfloat16 or float16, any strides with unit stride on V.
     temperature : float
         0 takes the argmax (lowest index on ties, as ``torch.argmax``). T > 0 draws
-        a Gumbel-max sample ``argmax(x * float32(1/T) + g)``, with ``g`` a pure
-        function of (seed, offset, row, column): the same seed gives the same
-        tokens on every backend. ``row`` is the flat index over ``logits.shape[:-1]``.
-        The sum is computed scaled by a power of two (csrc/common/noise.h), so
-        finite logits whose ``x / T`` overflows float32 still sample right.
+        an exact sample of ``softmax(x * float32(1/T))`` by hierarchical Gumbel-max
+        (csrc/common/noise.h): one Gumbel per group of 32 columns against the
+        group's log-mass picks the group, then per-column Gumbels inside it pick
+        the column; the noise is a pure function of (seed, offset, row, group or
+        column), so the same seed gives the same tokens on every backend. ``row``
+        is the flat index over ``logits.shape[:-1]``. The arithmetic is scaled by
+        a power of two, so finite logits whose ``x / T`` overflows float32 still
+        sample right.
         0 < T < 2**-100 is refused (ValueError): the scaled noise would leave
         float32's normal range. With ``tempered_scores``, a row whose ``x / T``
         overflows float32 has no representable distribution: token -1, NaN scores.
@@ -210,7 +214,10 @@ def token_stats_partial(
     vocabulary merge with ``dmkernels.distributed.merge_partials`` into exactly
     ``token_stats`` of the whole rows: the noise of a column is that of its global
     index, and row r draws the noise of row ``row_offset + r`` (a data-parallel
-    worker's rows keep their global noise). The other arguments are token_stats's.
+    worker's rows keep their global noise). At T > 0 ``vocab_start`` must be a
+    multiple of 32 (ValueError otherwise): the sampler draws per group of 32
+    global columns, which a slice must hold whole. The other arguments are
+    token_stats's.
     """
     op = "token_stats_partial"
     temperature, seed, rng = _seed_and_rng(op, logits, temperature, seed, offset, rng)
@@ -361,3 +368,51 @@ def commit_(
         if mask_id >= vocab_size:
             check.fail(op, f"mask_id = {mask_id} is outside the vocabulary [0, {vocab_size})")
     return _run(op, _device(x), backend, (x, token, select, mask_id))
+
+
+def edit_(
+    x: torch.Tensor,
+    token: torch.Tensor,
+    confidence: torch.Tensor,
+    editable: torch.Tensor,
+    threshold: float,
+    *,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token editing (LLaDA2.1, diffusers' LLaDA2 scheduler): rewrite ``x`` in place
+    where ``editable & (token != x) & (confidence > threshold) & (token >= 0)``.
+
+    The caller decides what may be edited: for LLaDA2.1, the committed positions
+    of the current block (``x != mask_id``, not the prompt, rows still running);
+    the prompt and earlier blocks are simply outside the ``x`` view. A proposed
+    ``mask_id`` is written like any other token (as the public samplers do);
+    exclude it through ``editable`` if the model may propose it.
+
+    Parameters
+    ----------
+    x : int64 or int32 Tensor [B, W], any strides (e.g. the current block of a
+        canvas) but no two elements sharing memory (an expand()ed tensor is refused)
+    token : int64 or int32 Tensor [B, W], the proposed tokens; negative means "no
+        token" (token_stats' -1) and is never written. Editable tokens must fit
+        x's dtype (checked for CPU tensors; on a GPU an int64 token >= 2**31 into
+        an int32 canvas is not checked and wraps, as ``token.to(torch.int32)``)
+    confidence : float32, float64, bfloat16 or float16 Tensor [B, W], the
+        probability of the proposed token
+    editable : bool Tensor [B, W]
+    threshold : float, not NaN. Strict: ``confidence > threshold``, compared as
+        PyTorch compares a tensor with a Python float, in the confidence's dtype
+        (the threshold rounded to it). For float32 confidences this decides ties
+        exactly like the public ``x0_p > editing_threshold``. A NaN confidence
+        never edits; ``-inf`` edits every non-NaN, non-``-inf`` confidence and
+        ``inf`` edits nothing.
+
+    Returns
+    -------
+    changed : bool Tensor [B, W], the positions rewritten (the KV-cache entries
+        that went stale); ``x`` differs from before exactly there (barring the
+        unchecked wrap above)
+    edits : int64 Tensor [B], ``changed.sum(-1)``, on the device: a row with
+        ``edits == 0`` (and no mask left) has finished its block, which a sampler
+        can act on without a host sync
+    """
+    return _run("edit_", _device(x), backend, (x, token, confidence, editable, threshold))

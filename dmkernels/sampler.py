@@ -347,7 +347,7 @@ class Sampler:
         parallel = config.parallel if config.parallel is not None else distributed.SingleProcess()
         if not isinstance(parallel, distributed.Parallel):
             fail(f"parallel must be a dmkernels.distributed.VocabParallel or DataParallel, got {parallel!r}")
-        refusal = parallel.refuse(seed=seed, logits_processor=config.logits_processor)
+        refusal = parallel.refuse(seed=seed, logits_processor=config.logits_processor, temperature=temperature)
         if refusal:
             fail(refusal)
         try:

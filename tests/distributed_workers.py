@@ -23,11 +23,12 @@ MASK, EOS = V - 1, V - 2
 
 def cuts(world: int, V: int) -> list[int]:
     """Uneven slice bounds: rank k gets [cuts[k], cuts[k + 1])."""
+    # Cuts on noise-group edges (multiples of 32): sampling needs whole groups.
     if world == 2:
-        return [0, 129, V]
+        return [0, 128, V]
     if world == 3:
-        return [0, 64, 65, V]  # a one-column slice, and a cut on a noise-group edge
-    step = V // world
+        return [0, 64, 96, V]  # a 32-column slice
+    step = V // world // 32 * 32
     return [k * step for k in range(world)] + [V]
 
 

@@ -6,7 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dmkernels
 from dmkernels.reference import commit_reference
+
+from conftest import requires_extension
 
 MASK = 126336
 
@@ -125,3 +128,22 @@ def test_int64_tokens_into_an_int32_canvas(backend):
     # negative int64 tokens are skipped, whatever their size
     token = torch.tensor([[-2**33, 11, 12, 13, -1], [0, 1, 2, 3, 4]])
     assert_same(*run_both(backend, x, token, torch.ones(2, 5, dtype=torch.bool), mask_id=3))
+
+
+@requires_extension
+def test_a_commit_compiles_fullgraph_and_matches_eager():
+    # The wrapper's overlap and int32-fit checks cannot be traced; the compiled op
+    # runs them when it runs.
+    def commit(x, token, select):
+        return dmkernels.commit_(x, token, select, 9)
+
+    torch._dynamo.reset()
+    x = torch.full((3, 17), 9)
+    x[:, ::3] = 4
+    token, select = torch.randint(0, 9, (3, 17)), torch.rand(3, 17) < 0.5
+    x_eager, x_comp = x.clone(), x.clone()
+    eager = commit(x_eager, token, select)
+    compiled = torch.compile(commit, fullgraph=True, backend="aot_eager")(x_comp, token, select)
+    assert torch.equal(x_eager, x_comp) and eager[0].any()
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)

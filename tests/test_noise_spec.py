@@ -29,11 +29,17 @@ def _header_constants() -> dict:
 
 H = _header_constants()
 
+# exp_f32 of the hierarchical sampler: header name -> reference / Triton name.
+EXP_NAMES = ("kLog2e", "kExpRound", "kExpC1", "kExpC2", "kExpFlush", "kExpQ1", "kExpQ2", "kExpQ3", "kExpQ4",
+             "kExpQ5")
+EXP_REFERENCE = dict(kLog2e="LOG2E_F32", kExpRound="EXP_ROUND", kExpC1="EXP_C1", kExpC2="EXP_C2",
+                     kExpFlush="EXP_FLUSH")
+
 
 def test_the_header_parses():
     # A rename in the header must fail here rather than silently check nothing.
     for name in ("kPhiloxM0", "kPhiloxM1", "kPhiloxW0", "kPhiloxW1", "kGumbelBound", "kMinTemperature", "kLn2",
-                 "kSqrt2", "kNoiseGroup", "kNoiseBlocksPerGroup"):
+                 "kSqrt2", "kNoiseGroup", "kNoiseBlocksPerGroup", *EXP_NAMES, "kGroupStream", "kGroupKeyBound"):
         assert name in H, name
     assert None not in H["log_q"]
 
@@ -44,6 +50,10 @@ def test_reference_constants_are_the_headers():
     assert list(ref_noise.LOG_Q) == H["log_q"]
     assert ref_noise.LN2_F32 == H["kLn2"] and ref_noise.SQRT2_F32 == H["kSqrt2"]
     assert ref_token_stats.MIN_TEMPERATURE == H["kMinTemperature"] == _checks.MIN_TEMPERATURE
+    for header, ref in EXP_REFERENCE.items():
+        assert getattr(ref_noise, ref) == H[header], header
+    assert list(ref_noise.EXP_Q) == [1.0] + [H[f"kExpQ{i}"] for i in range(1, 6)]
+    assert ref_noise.GROUP_STREAM == H["kGroupStream"] and ref_noise.GROUP == H["kNoiseGroup"]
 
 
 def test_triton_constants_are_the_headers():
@@ -54,12 +64,16 @@ def test_triton_constants_are_the_headers():
     assert [value(getattr(tri, f"LOG_Q{i}")) for i in range(9)] == H["log_q"]
     assert value(tri.LN2_F32) == H["kLn2"] and value(tri.SQRT2_F32) == H["kSqrt2"]
     assert value(tri.GUMBEL_BOUND) == H["kGumbelBound"]
+    for header, ref in {**EXP_REFERENCE, "kLog2e": "LOG2E_F32"}.items():
+        assert value(getattr(tri, ref)) == H[header], header
+    assert [value(getattr(tri, f"EXP_Q{i}")) for i in range(1, 6)] == [H[f"kExpQ{i}"] for i in range(1, 6)]
+    assert value(tri.GROUP_STREAM) == H["kGroupStream"] and value(tri.GROUP_KEY_BOUND) == H["kGroupKeyBound"]
 
 
 def test_float32_constants_are_exactly_representable():
     # The header spells them as float32 literals; a re-typed value that is not a
     # float32 would round differently in Python's float64 arithmetic.
-    for v in H["log_q"] + [H["kLn2"], H["kSqrt2"], H["kGumbelBound"]]:
+    for v in H["log_q"] + [H["kLn2"], H["kSqrt2"], H["kGumbelBound"]] + [H[n] for n in EXP_NAMES]:
         assert torch.tensor(v, dtype=torch.float32).item() == v
 
 
@@ -70,3 +84,12 @@ def test_gumbel_bound_bounds_every_draw():
     assert u.item() == 1 - 2.0**-24
     top = -ref_noise.log_f32(-ref_noise.log_f32(u))
     assert 16.0 < top.item() < H["kGumbelBound"]
+
+
+def test_group_key_bound_bounds_every_group_key():
+    # K_g - m_g = (log_f32(S_g) + G_g) s with S_g <= 32 and G_g below the Gumbel
+    # bound: the kernels skip groups whose m_g + kGroupKeyBound * s cannot win.
+    top = ref_noise.log_f32(torch.tensor([32.0])) + H["kGumbelBound"]
+    assert top.item() < H["kGroupKeyBound"]
+    # An element block never has the group stream's bit (columns < 2**24).
+    assert ((2**24 - 1) // 32) * 8 + 7 < H["kGroupStream"]

@@ -52,8 +52,12 @@ def test_every_policy_fills_the_canvas_without_host_sync(policy, temperature):
     ids = prompts(B=3)
     am = torch.ones_like(ids)
     am[0, :2] = 0
+    model = ToyModel()
+    forward = model.forward
+    # Like a trained model, never propose the mask token (sampling could draw it).
+    model.forward = lambda *a, **kw: forward(*a, **kw).index_fill(-1, torch.tensor([MASK]), -30.0)
     with forbid_host_sync():
-        out = dmkernels.generate(ToyModel(), ids, attention_mask=am, gen_length=12, block_length=4, steps=6,
+        out = dmkernels.generate(model, ids, attention_mask=am, gen_length=12, block_length=4, steps=6,
                                  policy=policy, temperature=temperature, cfg_scale=0.5, eos_token_id=None,
                                  seed=3, mask_id=MASK)
     x = out.sequences

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from dmkernels.reference import token_stats_reference
+from dmkernels.reference import noise as ref_noise
 from dmkernels.reference.noise import gumbel_noise as reference_noise
+from dmkernels.reference.token_stats_partial import KEY, TOKEN, token_stats_partial_reference
 
 from helpers import DTYPES, random_logits
 
@@ -84,8 +86,12 @@ def test_ties_go_to_the_lowest_index(backend, tiles, temperature):
         assert ours.token.tolist() == [5, 0, 0, 3, 0]
         assert ours.margin.tolist() == [0.0] * 5  # two equal tops
     else:
+        # The sampled row really has ties: group keys 2^24 + log(32) + G and the
+        # perturbed values 2^24 + g inside a group round to multiples of 2.
+        keys = 2.0**24 + (ref_noise.log_f32(torch.tensor([32.0])) + ref_noise.group_gumbel(
+            3, 0, torch.tensor([4]), torch.arange(10)))
         y = 2.0**24 + reference_noise(3, 0, torch.tensor([4]), 300)[0]
-        assert (y == y.max()).sum() > 1  # the sampled row really has ties
+        assert (keys == keys.max()).sum() > 1 or (y[:32] == y[:32].max()).sum() > 1
 
 
 @pytest.mark.parametrize("splits", [1, 3])
@@ -314,16 +320,131 @@ def test_tempered_scores_that_overflow_have_no_distribution(backend):
 
 
 @pytest.mark.parametrize("T", [0.9, 0.3, 0.01, 1e-6])
-def test_scaled_perturbation_draws_the_unscaled_argmax(backend, T):
-    # y = x * c + g * s is (x * float32(1/T) + g) * 2**-e: where nothing overflows the
-    # draw is exactly the argmax of the unscaled sum, so tokens did not change.
+def test_scaled_sampler_draws_the_unscaled_sample(backend, T):
+    # The sampler works on w = x * c with noise scaled by s, a power of two (noise.h):
+    # where nothing overflows that is exactly the sampler of x * float32(1/T) with
+    # unit scales (every key and perturbed value scaled by s), so the token is the same.
     from dmkernels.reference.token_stats import inverse_temperature
 
     logits = random_logits((24, 300), scale=4.0 * T)  # spreads comparable to the noise
     rows = torch.arange(24)
-    want = torch.argmax(logits * inverse_temperature(T) + reference_noise(11, 2, rows, 300), dim=-1)
+    want, _ = ref_noise.hierarchical_sample(logits * inverse_temperature(T), 1.0, 1.0, 11, 2, rows)
     s = backend.call("token_stats", logits, temperature=T, seed=11, offset=2)
     assert torch.equal(s.token.cpu(), want)
+
+
+def _chi2_z(observed: torch.Tensor, expected: torch.Tensor) -> tuple[float, int]:
+    """Chi-squared statistic over the cells (cells expecting fewer than 5 draws pooled
+    into one), as a normal deviate by the Wilson-Hilferty transform: large when the
+    draws do not follow ``expected``."""
+    small = expected < 5
+    obs = torch.cat([observed[~small], observed[small].sum().reshape(1)])
+    exp = torch.cat([expected[~small], expected[small].sum().reshape(1)])
+    keep = exp > 0
+    assert not bool((obs[~keep] > 0).any()), "a draw where the distribution has no mass"
+    obs, exp = obs[keep], exp[keep]
+    chi2 = float(((obs - exp) ** 2 / exp).sum())
+    k = max(1, obs.numel() - 1)
+    z = ((chi2 / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
+    return z, k
+
+
+def _draws(backend, row: torch.Tensor, n_rows: int, n_calls: int, T: float, tempered: bool) -> torch.Tensor:
+    """Counts per column of n_rows * n_calls draws of ``row`` (rows and offsets both vary)."""
+    logits = backend.to(row.expand(n_rows, -1).contiguous())
+    counts = torch.zeros(row.shape[-1], dtype=torch.float64)
+    for offset in range(n_calls):
+        token = backend.call("token_stats", logits, temperature=T, seed=77, offset=offset,
+                             tempered_scores=tempered).token.cpu()
+        counts += torch.bincount(token, minlength=row.shape[-1]).double()
+    return counts
+
+
+class TestHierarchicalSampling:
+    """The sample follows softmax(x / T) (noise.h: a group by its mass, then a column
+    of the group), on every backend: chi-squared at a normal deviate of 4 (p ~ 3e-5)."""
+
+    @pytest.mark.parametrize("T,tempered", [(1.0, False), (0.7, False), (0.7, True), (3.0, False)])
+    def test_near_ties_within_and_across_groups(self, backend, T, tempered):
+        row = torch.full((100,), -4.0)
+        row[[3, 40, 99]] = 2.0                 # exact ties in three groups (99: the short last group)
+        row[[5, 70]] = 2.0 - 1e-3              # near ties
+        row[[6, 7, 8]] = torch.tensor([1.0, 1.0 + 2**-20, 0.5])
+        row[[10, 60]] = -math.inf
+        row[64:96] = torch.linspace(-1.0, 1.0, 32)  # a group of many small masses
+        n_rows, n_calls = (backend.cap(4000, 300), backend.cap(10, 2))
+        counts = _draws(backend, row, n_rows, n_calls, T, tempered)
+        expected = torch.softmax(row.double() / T, -1) * counts.sum()
+        z, k = _chi2_z(counts, expected)
+        assert z < 4.0, (z, k)
+        assert counts[[10, 60]].sum() == 0
+
+    @pytest.mark.parametrize("T,tempered", [(1.0, False), (0.7, False), (0.7, True)])
+    def test_huge_vocabulary_few_rows(self, backend, T, tempered):
+        # LLaDA's vocabulary: background mass spread over every group plus hot
+        # columns in a few; draws from a few rows at many offsets.
+        V = backend.cap(126464, 4096)
+        g = torch.Generator().manual_seed(3)
+        row = torch.randn(V, generator=g) - 3.0
+        hot = torch.randperm(V, generator=g)[:40]
+        row[hot] = torch.linspace(0.0, 4.0, 40)
+        row[torch.randperm(V, generator=g)[:V // 10]] = -math.inf
+        n_rows = 4
+        # The reference and the interpreter pay per element: fewer draws (their tokens
+        # are the native kernel's, bit for bit, as the tests above check).
+        n_calls = 1000 if backend.name == "native" else 10
+        counts = _draws(backend, row, n_rows, n_calls, T, tempered)
+        p = torch.softmax(row.double() / T, -1)
+        cells = torch.cat([counts[hot], counts.sum().reshape(1) - counts[hot].sum()])
+        expected = torch.cat([p[hot], (1 - p[hot].sum()).reshape(1)]) * counts.sum()
+        z, k = _chi2_z(cells, expected)
+        assert z < 4.0, (z, k)
+
+    def test_many_seeds_dtypes_and_edges_bit_identical(self, backend):
+        # Every backend draws exactly the reference's token: odd V, -inf entries,
+        # NaN and all -inf rows, tiny and huge temperatures, every dtype, many seeds.
+        V = 333
+        seeds = [0, 1, 2, 3, 5, 8, 13, 2**31, 2**40 + 3, 2**63 - 1][: backend.cap(10, 3)]
+        for dtype in DTYPES:
+            x = random_logits((9, V), dtype)
+            x[0] = -math.inf
+            x[1, 7] = math.nan
+            x[2, ::3] = -math.inf
+            x[3, 200:] = -math.inf
+            x[4] = x[4].round()  # ties
+            x[5, 320:] = 40.0    # the mass in the short last group
+            for T, tempered in [(1.0, False), (0.7, True), (0.7, False), (1e-20, False), (1e20, True)]:
+                for seed in seeds:
+                    check(backend, x, temperature=T, seed=seed, offset=seed % 7, tempered_scores=tempered)
+
+    @pytest.mark.parametrize("T,tempered", [(1.0, False), (0.3, True), (1e-30, False)])
+    def test_group_key_is_canonical_on_every_backend(self, backend, T, tempered):
+        # One group per row: the KEY of token_stats_partial is K = m + (log_f32(S) + G) s
+        # with S the canonical sum of the canonical exps (noise.h), so its bits test
+        # exp_f32 and group_sum32 of the backend. Rows span exp's range: d = 0 down to
+        # the clamp at -86, -inf entries, values in float32's extremes.
+        from dmkernels.reference.token_stats import inverse_temperature, key_scales
+
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(16, 32, generator=g) * torch.tensor([0.01, 1, 3, 10, 30, 100, 1e3, 1e30] * 2)[:, None]
+        x[8, 5:] = -math.inf
+        x[9, ::2] = -100.0
+        x[10] = torch.linspace(-90, 0, 32)
+        x[11] = 3e38 * torch.rand(32, generator=g)
+        got = backend.call("token_stats_partial", x, temperature=T, seed=9, offset=1, tempered_scores=tempered)
+        want = token_stats_partial_reference(x, temperature=T, seed=9, offset=1, tempered_scores=tempered)
+        got, want = got.cpu()[:, [KEY, TOKEN]], want[:, [KEY, TOKEN]]
+        assert bool(((got == want) | (got.isnan() & want.isnan())).all()), (got, want)
+        valid = ~want[:, 0].isnan()  # x / T overflowing float32 with tempered scores: no distribution
+        assert int(valid.sum()) >= 15
+        want = token_stats_partial_reference(x, temperature=T, seed=9, offset=1, tempered_scores=tempered)
+        # ... and the reference's KEY is the spec's formula.
+        c, s = key_scales(inverse_temperature(T))
+        w = x * c
+        m = w.max(-1).values
+        S = ref_noise.group_sum32(ref_noise.exp_f32((w - m[:, None]) * (1.0 / s)))
+        G = ref_noise.group_gumbel(9, 1, torch.arange(16), torch.zeros(16, dtype=torch.int64))
+        assert torch.equal(want[valid, KEY], (m + (ref_noise.log_f32(S) + G) * s)[valid])
 
 
 # The Triton launch itself: its noise, its split plan, its merge of splits.
@@ -336,6 +457,46 @@ def test_triton_noise_is_bit_identical_to_the_reference(triton_backend):
         ours = triton_noise.gumbel_noise(seed, offset, rows, V, device=triton_backend.device).cpu()
         ref = reference_noise(seed, offset, torch.arange(rows), V)
         assert torch.equal(ours.view(torch.int32), ref.view(torch.int32)), (seed, offset)
+
+
+def test_triton_canonical_exp_sum_and_group_noise_are_the_references(triton_backend):
+    from dmkernels.triton import noise as triton_noise
+
+    dev = triton_backend.device
+    d = torch.cat([torch.linspace(-100, 0, 20001), -torch.rand(20000) * 3, -torch.rand(1000) * 1e-30,
+                   torch.tensor([0.0, -0.0, -math.inf, -86.0, -85.99999, -1e-45, -0.34657359, -0.34657362])])
+    ours = triton_noise.exp_f32_tensor(d.to(dev)).cpu()
+    assert torch.equal(ours.view(torch.int32), ref_noise.exp_f32(d).view(torch.int32))
+    assert ref_noise.exp_f32(torch.zeros(1)).item() == 1.0
+    err = (ref_noise.exp_f32(d[:40001]).double() / torch.exp(d[:40001].double().clamp(min=-86)) - 1).abs().max()
+    assert err < 2**-23  # below one ulp: a canonical exp, not a rough one
+    e = torch.rand(64, 32) * torch.tensor([1.0, 1e-8, 30.0, 1e7]).repeat(16)[:, None]
+    assert torch.equal(triton_noise.group_sum32_tensor(e.to(dev)).cpu(), ref_noise.group_sum32(e))
+    # The fold order is the spec's: another order gives other bits on such sums.
+    assert not torch.equal(ref_noise.group_sum32(e), e.sum(-1)) or not torch.equal(
+        ref_noise.group_sum32(e), e.flip(-1).cumsum(-1)[:, -1])
+    for seed, offset, row in [(0, 0, 0), (2**40 + 7, 2**33 + 5, 3), (2**63 - 1, 2**63 - 1, 2**32 - 1)]:
+        ours = triton_noise.group_gumbel_tensor(seed, offset, row, 100, device=dev).cpu()
+        assert torch.equal(ours, ref_noise.group_gumbel(seed, offset, torch.tensor([row]), torch.arange(100)))
+
+
+def test_reference_fma_rounds_once():
+    # exp_f32 uses fused multiply-adds: the reference emulates them exactly in float64
+    # (round to odd), checked here against exact rational arithmetic.
+    from fractions import Fraction
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(3000, generator=g), torch.randn(3000, generator=g)
+    c = torch.randn(3000, generator=g) * torch.rand(3000, generator=g) ** 8
+    c[:1000] = -(a[:1000] * b[:1000])  # cancellation: the fused result is the product's rounding error
+    got = ref_noise.fma_f32(a, b, c)
+    for i in range(0, 3000, 3):
+        exact = Fraction(a[i].item()) * Fraction(b[i].item()) + Fraction(c[i].item())
+        near = torch.tensor(float(exact), dtype=torch.float32)
+        cands = [torch.nextafter(near, torch.tensor(-math.inf)), near, torch.nextafter(near, torch.tensor(math.inf))]
+        best = min(cands, key=lambda v: (abs(Fraction(v.item()) - exact), int(v.view(torch.int32)) & 1))
+        assert got[i].item() == best.item(), i
+    assert not torch.equal(got[:1000], a[:1000] * b[:1000] + c[:1000])  # two roundings differ
 
 
 def test_triton_split_plan_covers_the_vocabulary(triton_backend):

@@ -83,12 +83,18 @@ def positions_for(kind, R):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("temperature,tempered", NOISE)
-@pytest.mark.parametrize("vocab_start,V", [(0, 77), (13, 150), (31, 100), (126001, 463), (64, 2100)])
+@pytest.mark.parametrize("vocab_start,V", [(0, 77), (13, 150), (31, 100), (126001, 463), (64, 2100), (32, 150),
+                                           (126016, 463)])
 def test_partial_matches_reference(backend, dtype, temperature, tempered, vocab_start, V):
     R = 11
     x = edge_rows(random_logits((R, V), dtype))
     positions = torch.rand(R) < 0.8
     positions[:9] = True
+    if temperature > 0 and vocab_start % 32:
+        # Sampling needs whole noise groups in a slice (csrc/common/noise.h).
+        with pytest.raises(ValueError, match="token_stats_partial.*vocab_start.*multiple of 32"):
+            backend.call("token_stats_partial", x, temperature=temperature, vocab_start=vocab_start)
+        return
     got = check(backend, x, temperature=temperature, seed=1234, offset=5, positions=positions,
                 tempered_scores=tempered, vocab_start=vocab_start, row_offset=7)
     # The edge rows really are what the reference says (so this test can fail).
@@ -99,15 +105,16 @@ def test_partial_matches_reference(backend, dtype, temperature, tempered, vocab_
 
 
 # (dtype, rows, V, vocab_start, row_offset, temperature, tempered, positions, splits):
-# vocab_start 0, off the 32-column noise groups, and large; row offsets near 2**32;
-# splits > 1 runs the Triton merge kernel.
+# vocab_start 0, off the 32-column noise groups (T = 0 only: sampling needs whole
+# groups), and large; row offsets near 2**32; splits > 1 runs the Triton merge kernel.
 CASES = [
     (torch.float32, 9, 77, 0, 0, 0.0, False, None, None),
-    (torch.float16, 11, 150, 13, 5, 0.8, False, "some", None),
-    (torch.float32, 9, 150, 126000, 0, 0.8, True, "some", None),
+    (torch.float16, 11, 150, 32, 5, 0.8, False, "some", None),
+    (torch.float32, 9, 150, 126016, 0, 0.8, True, "some", None),
     (torch.bfloat16, 10, 100, 31, 3, 0.0, False, "some", None),
-    (torch.float16, 9, 100, 126001, 2**32 - 9, 1.7, False, None, None),
-    (torch.float32, 9, 300, 45, 7, 1.3, False, None, 3),
+    (torch.float16, 9, 100, 126016, 2**32 - 9, 1.7, False, None, None),
+    (torch.float32, 9, 300, 64, 7, 1.3, False, None, 3),
+    (torch.float32, 9, 300, 45, 7, 0.0, False, None, 3),
     (torch.float16, 9, 300, 126000, 0, 0.0, False, "some", 3),
     (torch.float32, 9, 201, 64, 2**31 + 3, 0.6, True, "none", 2),
 ]
@@ -134,9 +141,14 @@ def test_slices_and_row_offsets(backend, tiles, dtype, R, V, vocab_start, row_of
     assert torch.equal(got[off], empty.expand(int(off.sum()), 8))
 
 
+# Cuts anywhere at T = 0; on noise-group edges (multiples of 32) for every temperature.
+ALIGNED_CUTS = [(32,), (32, 64), (64, 96, 128), (288,), (64, 96, 192)]
+MERGE_CASES = ([(0.0, False, cuts) for cuts in [(37,), (5, 50), (36, 37, 65), (1,), (1, 64), (37, 101)]]
+               + [(t, tempered, cuts) for t, tempered in NOISE + [(1.5, False)] for cuts in ALIGNED_CUTS])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("temperature,tempered", NOISE + [(1.5, False)])
-@pytest.mark.parametrize("cuts", [(37,), (5, 50), (36, 37, 65), (1,), (1, 64), (37, 101)], ids=str)
+@pytest.mark.parametrize("temperature,tempered,cuts", MERGE_CASES, ids=str)
 def test_merged_slices_equal_token_stats_of_the_whole_rows(backend, dtype, temperature, tempered, cuts):
     B, L, V = 3, 5, 301
     x = random_logits((B, L, V), dtype)
@@ -160,8 +172,8 @@ def test_row_offset_draws_the_noise_of_later_rows(backend):
     whole = backend.call("token_stats", x, temperature=1.0, seed=5).token.cpu()
     tail = backend.call("token_stats_partial", x[4:], row_offset=4, temperature=1.0, seed=5)
     assert torch.equal(merge_partials(tail[None]).token.cpu(), whole[4:])
-    halves = torch.stack([backend.call("token_stats_partial", x[4:, :50], row_offset=4, temperature=1.0, seed=5),
-                          backend.call("token_stats_partial", x[4:, 50:], vocab_start=50, row_offset=4,
+    halves = torch.stack([backend.call("token_stats_partial", x[4:, :64], row_offset=4, temperature=1.0, seed=5),
+                          backend.call("token_stats_partial", x[4:, 64:], vocab_start=64, row_offset=4,
                                        temperature=1.0, seed=5)])
     assert torch.equal(merge_partials(halves).token.cpu(), whole[4:])
     # Without the offset the draw differs (so the test can fail).
@@ -174,8 +186,8 @@ def test_one_row_one_column_and_no_positions(backend):
     check(backend, x, temperature=0.7, seed=3, tempered_scores=True, vocab_start=64)
     got = check(backend, x[0], vocab_start=77)  # [V] -> [8]
     assert got.shape == (8,) and got[TOKEN] == 77 + int(x[0].argmax())
-    one = check(backend, random_logits((1, 1)), temperature=1.0, seed=2, vocab_start=41)
-    assert one[0, TOKEN] == 41 and one[0, SUM] == 1
+    one = check(backend, random_logits((1, 1)), temperature=1.0, seed=2, vocab_start=96)
+    assert one[0, TOKEN] == 96 and one[0, SUM] == 1
     check(backend, random_logits((4, 9)), positions=torch.zeros(4, dtype=torch.bool))
     assert backend.call("token_stats_partial", random_logits((0, 3, 9))).shape == (0, 3, 8)
 
@@ -187,7 +199,7 @@ def test_ties_take_the_lowest_global_column(backend, tiles, temperature):
     x[0, [5, 17, 70]] = 3.0  # tied maxima in different splits
     x[1] = 1.0               # all tied
     x[2] = 2.0**24           # x + g rounds to multiples of 2: tied perturbed values
-    got = check(backend, x, temperature=temperature, seed=3, vocab_start=100)
+    got = check(backend, x, temperature=temperature, seed=3, vocab_start=100 if temperature == 0 else 96)
     if temperature == 0:
         assert got[:, TOKEN].tolist() == [105.0, 100.0, 100.0]
         assert torch.equal(got[:, SECOND], got[:, MAX])
@@ -195,7 +207,25 @@ def test_ties_take_the_lowest_global_column(backend, tiles, temperature):
 
 def test_rng_tensor_overrides_seed_and_offset(backend):
     x = random_logits((4, 90), scale=0.5)
-    kw = dict(vocab_start=7, row_offset=2)
+    kw = dict(vocab_start=32, row_offset=2)
     a = backend.call("token_stats_partial", x, temperature=1.0, rng=torch.tensor([2**40 + 77, 3]), **kw)
     b = check(backend, x, temperature=1.0, seed=2**40 + 77, offset=3, **kw)
     assert torch.equal(a.cpu(), b)
+
+
+def test_vocab_parallel_refuses_a_slice_off_the_noise_groups_before_any_model_call():
+    # Sampling needs whole groups of 32 columns in every slice: VocabParallel says so
+    # before the first model call (at T = 0 any start is fine).
+    import dmkernels
+    from dmkernels.distributed import VocabParallel
+    from dmkernels.policies import LowConfidence
+
+    def model(x, **kwargs):
+        raise AssertionError("the model was called")
+
+    ids = torch.zeros(1, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="vocab_start=40.*multiple of 32"):
+        dmkernels.generate(model, ids, gen_length=4, block_length=4, steps=2, temperature=0.5, seed=0, mask_id=99,
+                           policy=LowConfidence(), parallel=VocabParallel(vocab_start=40))
+    assert VocabParallel(vocab_start=40).refuse(seed=0, logits_processor=None, temperature=0.0) is None
+    assert VocabParallel(vocab_start=64).refuse(seed=0, logits_processor=None, temperature=0.5) is None

@@ -32,6 +32,7 @@
 // Plain C++ with no torch include, so nvcc compiles it for device code too.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -45,13 +46,16 @@ namespace dmkernels {
 
 // float32 multiply and add with one rounding each, whatever the compiler's
 // contraction flags: device code spells it out, host code relies on
-// -ffp-contract=off (setup.py).
+// -ffp-contract=off (setup.py). DMK_FMA, the fused multiply-add rounded once,
+// is used by exp_f32 only.
 #if defined(__CUDA_ARCH__)
 #define DMK_MUL(a, b) __fmul_rn((a), (b))
 #define DMK_ADD(a, b) __fadd_rn((a), (b))
+#define DMK_FMA(a, b, c) __fmaf_rn((a), (b), (c))
 #else
 #define DMK_MUL(a, b) ((a) * (b))
 #define DMK_ADD(a, b) ((a) + (b))
+#define DMK_FMA(a, b, c) std::fma(static_cast<float>(a), static_cast<float>(b), static_cast<float>(c))
 #endif
 
 // Random123's Philox4x32 constants.
@@ -61,8 +65,8 @@ constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
 constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
 
 // Largest Gumbel value the mapping above can produce: u <= 1 - 2^-24 gives
-// -log(-log(u)) <= 16.64. A column whose x * c + kGumbelBound * s is below the
-// best perturbed value so far cannot win, so kernels may skip its noise.
+// -log(-log(u)) <= 16.64. It bounds the group keys below (kGroupKeyBound), so
+// kernels may skip groups that cannot win.
 constexpr float kGumbelBound = 17.0f;
 
 // Smallest temperature > 0 that token_stats accepts (see y above).
@@ -157,6 +161,124 @@ DMK_HOST_DEVICE float gumbel_from_bits(uint32_t bits) {
 constexpr int64_t kNoiseGroup = 32;
 constexpr int64_t kNoiseBlocksPerGroup = 8;
 
+// ---------------------------------------------------------------------------
+// Hierarchical Gumbel-max: what token_stats samples at T > 0.
+//
+// Drawing Gumbel noise (a Philox call and two logs) for every column makes
+// sampling several times dearer than the argmax. Instead the row is split into
+// the noise groups above (32 global columns; a slice or row end mid-group is
+// padded with -inf) and the sample is drawn in two stages:
+//
+//   w_j  = x_j * c                                 key-scaled logits (key_scales)
+//   m_g  = max_{j in g} w_j                        exact
+//   e_j  = exp_f32((w_j - m_g) * (1 / s))           1 / s: a power of two, exact
+//   S_g  = group_sum32(e_g)                        the fixed tree below; S_g in [1, 32]
+//   G_g  = -log_f32(-log_f32(u))  from group_noise_bits(key, row, g)
+//   K_g  = m_g + (log_f32(S_g) + G_g) * s          the group key (-inf for an all -inf group)
+//   g*   = argmax_g K_g, lowest group on ties
+//   token = argmax_{j in g*} y_j, y_j = w_j + g_j * s as above, lowest column on ties
+//
+// Why it is exact: w_j / s = x_j / T (s a power of two), so the probability
+// mass of group g under softmax(x / T) is proportional to exp(m_g / s) S_g,
+// whose log scaled by s is K_g - G_g * s. Gumbel-max over the groups picks g
+// with probability mass_g / sum of masses; Gumbel-max over the columns of g
+// with independent noise then picks j with probability exp(x_j / T) / mass_g,
+// so P(j) = softmax(x / T)_j (up to the float32 rounding of e_j and S_g,
+// relative error about 1e-7; exp_f32 clamps at e^-86, so a column more than
+// 86 below its group's maximum weighs e^-86 instead of less, again far below
+// float32's resolution of S_g >= 1). The element noise is drawn for one group per row,
+// the group noise is one word per 32 columns, and the e_j are the exps the
+// entropy and probability sums need anyway when the scores describe the
+// sampled distribution (T = 1 or tempered scores): sampling costs about what
+// the argmax costs.
+//
+// Bit identity needs every quantity that picks a winner computed canonically:
+// exp_f32 below is our own (range reduction by powers of two, a fixed Horner
+// polynomial evaluated with fused multiply-adds, clamped at e^-86), and
+// S_g is summed in one fixed order (group_sum32). The group noise is a second
+// Philox stream: counter word 0 has its top bit set (kGroupStream), which an
+// element block, (column / 32) * 8 + column % 8 < 2^22 for columns < 2^24,
+// never has; groups are laid out like columns (group k: block
+// kGroupStream | ((k / 32) * 8 + k % 8), word (k / 8) % 4), so one Philox call
+// serves four groups and eight calls side by side serve 32.
+//
+// A vocabulary slice (token_stats_partial) can only reproduce K_g of whole
+// groups, so at T > 0 slices must start on a group edge (vocab_start % 32 == 0).
+constexpr uint32_t kGroupStream = 0x80000000u;
+
+// exp_f32(d) for d <= 0: d is first clamped to kExpFlush = -86 (NaN stays NaN),
+// so 2^n >= 2^-124 below and every result, e^-86 ~ 4.5e-38 at least, is a
+// normal float that no backend's flush-to-zero can change (an -inf entry
+// weighs 4.5e-38, nothing next to the group maximum's 1). Then e^d = 2^n e^r
+// with n = d log2(e) rounded to the nearest integer (ties to even) by adding
+// and subtracting kExpRound = 1.5 * 2^23, r = d - n * ln2 with ln2 in two
+// parts (kExpC1 has 9 bits, so n * kExpC1 is exact), |r| <= ~ln2 / 2, and
+// e^r = 1 + r Q(r), Q a degree-5 polynomial fitted (weighted least squares,
+// reweighted towards minimax, rounded to float32) to (e^r - 1) / r: relative
+// error below one ulp. 2^n comes from the bits of d log2(e) + kExpRound,
+// which are 0x4B400000 + n. exp_f32(0) == 1.
+//
+// Unlike the noise above, exp_f32 runs once per element on the sampling path,
+// so it uses fused multiply-adds (DMK_FMA: one rounding, the IEEE fma), which
+// every backend has exactly: FMA3 on the AVX2 path, fmaf elsewhere on the
+// host, __fmaf_rn on CUDA, tl.fma in Triton (its interpreter rounds once too),
+// and an exact emulation in float64 in the PyTorch reference. Every other
+// multiply and add stays unfused.
+constexpr float kLog2e = 1.4426950216293335f;  // float32(log2 e)
+constexpr float kExpRound = 12582912.0f;       // 1.5 * 2^23
+constexpr float kExpC1 = 0.693359375f;         // 355 / 512
+constexpr float kExpC2 = -0.00021219444170128554f;  // float32(ln 2 - kExpC1)
+constexpr float kExpFlush = -86.0f;
+constexpr float kExpQ1 = 0.4999999403953552f;
+constexpr float kExpQ2 = 0.16666431725025177f;
+constexpr float kExpQ3 = 0.04166799411177635f;
+constexpr float kExpQ4 = 0.008374135009944439f;
+constexpr float kExpQ5 = 0.0013843962224200368f;
+
+DMK_HOST_DEVICE float exp_f32(float d) {
+  d = d < kExpFlush ? kExpFlush : d;  // NaN compares false: stays NaN
+  const float t = DMK_FMA(d, kLog2e, kExpRound);
+  const float n = DMK_ADD(t, -kExpRound);
+  float r = DMK_FMA(-n, kExpC1, d);
+  r = DMK_FMA(-n, kExpC2, r);
+  float q = kExpQ5;
+  q = DMK_FMA(q, r, kExpQ4);
+  q = DMK_FMA(q, r, kExpQ3);
+  q = DMK_FMA(q, r, kExpQ2);
+  q = DMK_FMA(q, r, kExpQ1);
+  q = DMK_FMA(q, r, 1.0f);
+  const float p = DMK_FMA(r, q, 1.0f);
+  uint32_t tbits;
+  std::memcpy(&tbits, &t, sizeof(tbits));
+  const uint32_t sbits = (tbits + (127u - 0x4B400000u)) << 23;  // 2^n (any bits for NaN: p is NaN)
+  float scale;
+  std::memcpy(&scale, &sbits, sizeof(scale));
+  return DMK_MUL(p, scale);
+}
+
+// The canonical sum of a group's 32 values: halving folds, a[k] += a[k + h] for
+// h = 16, 8, 4, 2, 1 (each a lane-wise add of two halves: the natural order of
+// SIMD lanes, of a thread's registers, and of a Triton [.., 2, h] reshape summed
+// over the axis of 2). Overwrites a.
+DMK_HOST_DEVICE float group_sum32(float* a) {
+#pragma unroll
+  for (int h = 16; h >= 1; h >>= 1) {
+#pragma unroll
+    for (int k = 0; k < h; ++k) a[k] = DMK_ADD(a[k], a[k + h]);
+  }
+  return a[0];
+}
+
+// Group key K_g (above) from the group's max m (w domain), sum S and Gumbel G.
+DMK_HOST_DEVICE float group_key(float m, float S, float G, float s) {
+  if (m == -INFINITY) return -INFINITY;
+  return DMK_ADD(m, DMK_MUL(DMK_ADD(log_f32(S), G), s));
+}
+
+// Largest K_g - m_g can be: log 32 + kGumbelBound, times s; a group whose
+// m_g + kGroupKeyBound * s cannot beat the best key so far cannot win.
+constexpr float kGroupKeyBound = 21.0f;
+
 struct NoiseKey {
   uint32_t seed_lo, seed_hi, offset_lo, offset_hi;
 };
@@ -175,6 +297,12 @@ DMK_HOST_DEVICE Philox4x32 noise_block(const NoiseKey& key, uint32_t row, uint32
 DMK_HOST_DEVICE uint32_t noise_bits(const NoiseKey& key, uint32_t row, uint64_t column) {
   const uint32_t block = static_cast<uint32_t>((column / 32) * 8 + column % 8);
   return noise_block(key, row, block).v[(column / 8) % 4];
+}
+
+// Raw bits of the Gumbel of noise group `group` of `row` (the second stream above).
+DMK_HOST_DEVICE uint32_t group_noise_bits(const NoiseKey& key, uint32_t row, uint64_t group) {
+  const uint32_t block = kGroupStream | static_cast<uint32_t>((group / 32) * 8 + group % 8);
+  return noise_block(key, row, block).v[(group / 8) % 4];
 }
 
 }  // namespace dmkernels

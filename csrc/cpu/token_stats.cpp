@@ -11,14 +11,34 @@
 // The row is streamed in chunks of kChunk floats that stay in L1: each chunk is
 // read from memory once (converted from bf16 / fp16 on the way) and then swept
 // two or three times from cache: (1) max, top-2 and argmax per SIMD lane,
-// (2) exp sums against the updated maximum, (3) Gumbel-max sampling when the
-// temperature is positive. Lanes keep their own top-2 / argmax / sample and are
-// merged at the end of the row, so the inner loops have no horizontal steps.
+// (2) exp sums against the updated maximum, (3) the sampler's group pass when
+// the temperature is positive. Lanes keep their own top-2 / argmax and are
+// merged at the end of the row, so those loops have no horizontal steps.
 //
-// Sampling draws noise only for groups of 32 columns that could still win:
-// the Gumbel noise is bounded (kGumbelBound), so a group whose best x * c plus
-// that bound times s (noise.h) is below the best perturbed value so far is skipped. Peaked
-// (real model) distributions skip most of the vocabulary; the draw is exact.
+// Sampling (T > 0) is the hierarchical Gumbel-max of noise.h: per noise group
+// of 32 columns the exact max m_g of w = x * c, the canonical exps
+// e_j = exp_f32((w_j - m_g) / s) and their canonical sum S_g (the same bits on
+// every backend), one Gumbel per group from the group stream, the group key
+// K_g = m_g + (log_f32(S_g) + G_g) s, and per-element noise only inside the
+// winning group at the end of the row. When the scores describe the sampled
+// distribution (T = 1 or tempered scores: z = w / s) the same e_j feed the
+// sums, S = sum_g exp(m_g / s - m) S_g and A = sum_g exp(m_g / s - m)
+// (A_g + (m_g / s - m) S_g) with A_g = sum_j e_j (w_j - m_g) / s, so sampling
+// costs one exp per element like the argmax (step (2) is skipped). Otherwise
+// (two distributions) step (2) runs on x and the group pass skips groups whose
+// key cannot reach the best one so far (K_g <= m_g + kGroupKeyBound * s).
+//
+// Builds (setup.py, DMKERNELS_CPU_ARCH): generic (at::vec's portable Vec and
+// the scalar noise of noise.h), AVX2 (8-float Vec, the sampler's Philox, logs
+// and exps in 8 lanes) and AVX-512 (16 lanes: steps (1) and (2) in intrinsics,
+// the group pass 16 groups at a time, the group noise two noise groups per
+// Philox sweep; the winning group's element noise stays on the 8-lane code).
+// The noise layout is defined on 8-float vectors, and 16 lanes hold two of them
+// side by side (two groups' Philox blocks, or a group's two halves). Every
+// quantity that picks a token is computed by the same IEEE operations in the
+// same order on every build, so all three return the same tokens
+// (tests/test_generic_build.py); the sums S and A are added in a
+// build-dependent order (within tolerance).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -39,7 +59,7 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = Vec::size();
 constexpr int64_t kGroup = kNoiseGroup;  // 32 columns: 8 Philox blocks of 4 words
 constexpr int64_t kChunk = 2048;         // floats per chunk: 8 KiB, L1-resident
-static_assert(kChunk % kGroup == 0 && kLanes == 8, "the noise layout assumes 8-float vectors");
+static_assert(kChunk % kGroup == 0 && kGroup % kLanes == 0, "chunks of whole groups, groups of whole vectors");
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // exp underflows to 0 below ln(FLT_MIN) ~ -87.3; clamping there keeps
@@ -51,8 +71,12 @@ struct Params {
   bool tempered_scores;  // scores describe softmax(x / T) instead of softmax(x)
   float inv_temperature; // float32(1 / T)
   KeyScales key_scales;  // y = x * c + g * s (noise.h)
+  float inv_s;           // 1 / s, a power of two
+  bool shared;           // sampling with scores that describe the sampled distribution
   NoiseKey key;
 };
+
+constexpr int64_t kChunkGroups = kChunk / kNoiseGroup;
 
 struct RowOut {
   int64_t token;
@@ -127,11 +151,11 @@ inline int64_t load_chunk(const T* x, int64_t lead, int64_t c0, int64_t n, float
   return padded;
 }
 
-// Gumbel noise for the 32 columns of noise group `group` of `row`, as four
-// vectors of 8 consecutive columns: the 8 Philox blocks of the group run side by
-// side in SIMD lanes, and word j of the 8 blocks is exactly columns 8j .. 8j+7
-// (layout in noise.h), so no transpose is needed.
-#if defined(CPU_CAPABILITY_AVX2)
+// Gumbel noise for the 32 columns of noise group `group` of `row`, written to
+// gumbel[0 .. 32): the 8 Philox blocks of the group run side by side in 8 SIMD
+// lanes, and word j of the 8 blocks is exactly columns 8j .. 8j+7 (layout in
+// noise.h), so no transpose is needed. The AVX-512 build runs this 8-lane code.
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 // High and low words of c * m per 32-bit lane (vpmuludq covers the even lanes).
 inline void mulhilo8(__m256i c, __m256i m, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(c, m);
@@ -155,7 +179,7 @@ inline __m256 log8(__m256 x) {
   return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(e), _mm256_set1_ps(kLn2)), _mm256_mul_ps(f, q));
 }
 
-inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, Vec gumbel[4]) {
+inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, float* gumbel) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
   __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(group * kNoiseBlocksPerGroup)),
@@ -182,17 +206,540 @@ inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, Vec g
         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(words[j], 9)), _mm256_set1_ps(0x1p-23f)),
         _mm256_set1_ps(0x1p-24f));
     const __m256 neg = _mm256_set1_ps(-0.0f);
-    gumbel[j] = Vec(_mm256_xor_ps(log8(_mm256_xor_ps(log8(u), neg)), neg));
+    _mm256_storeu_ps(gumbel + 8 * j, _mm256_xor_ps(log8(_mm256_xor_ps(log8(u), neg)), neg));
+  }
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+// noise_group for groups `group` and `group + 1` at once (gumbel[0 .. 64)): their
+// 16 Philox blocks in 16 lanes, the operations of the 8-lane code lane for lane
+// (vpmullq-free: the same even / odd vpmuludq split), so the same bits.
+inline void mulhilo16(__m512i c, __m512i m, __m512i& hi, __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(c, m);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(c, 32), m);
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+inline __m512 log16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(127));
+  __m512 m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x007FFFFF)),
+                                                 _mm512_set1_epi32(0x3F800000)));
+  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(kSqrt2), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1));
+  const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  __m512 q = _mm512_set1_ps(log_q(8));
+  for (int i = 7; i >= 0; --i) q = _mm512_add_ps(_mm512_mul_ps(q, f), _mm512_set1_ps(log_q(i)));
+  return _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(e), _mm512_set1_ps(kLn2)), _mm512_mul_ps(f, q));
+}
+
+inline void noise_group2(const NoiseKey& key, uint32_t row, uint32_t group, float* gumbel) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
+  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(group * kNoiseBlocksPerGroup)),
+                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  __m512i c1 = _mm512_set1_epi32(static_cast<int>(row));
+  __m512i c2 = _mm512_set1_epi32(static_cast<int>(key.offset_lo));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int>(key.offset_hi));
+  uint32_t k0 = key.seed_lo, k1 = key.seed_hi;
+  for (int round = 0; round < 10; ++round) {
+    __m512i hi0, lo0, hi1, lo1;
+    mulhilo16(c0, m0, hi0, lo0);
+    mulhilo16(c2, m1, hi1, lo1);
+    c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    c1 = lo1;
+    c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c3 = lo0;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  const __m512i words[4] = {c0, c1, c2, c3};
+  const __m512 neg = _mm512_set1_ps(-0.0f);
+  for (int j = 0; j < 4; ++j) {
+    const __m512 u = _mm512_add_ps(
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(words[j], 9)), _mm512_set1_ps(0x1p-23f)),
+        _mm512_set1_ps(0x1p-24f));
+    const __m512 g = _mm512_xor_ps(log16(_mm512_xor_ps(log16(u), neg)), neg);
+    _mm256_storeu_ps(gumbel + 8 * j, _mm512_castps512_ps256(g));  // lanes 0-7: group
+    _mm256_storeu_ps(gumbel + 32 + 8 * j, _mm512_extractf32x8_ps(g, 1));  // lanes 8-15: group + 1
+  }
+}
+#endif
+
+// exp_f32 of noise.h on 8 lanes: the same operations in the same order (FMA3
+// where the spec has DMK_FMA; fnmadd(a, b, c) = fma(-a, b, c)). A NaN d would
+// turn into -86 here (max_ps returns its second operand): rows with a NaN are
+// invalid whatever is sampled.
+inline __m256 exp8(__m256 d) {
+  d = _mm256_max_ps(d, _mm256_set1_ps(kExpFlush));
+  const __m256 t = _mm256_fmadd_ps(d, _mm256_set1_ps(kLog2e), _mm256_set1_ps(kExpRound));
+  const __m256 n = _mm256_sub_ps(t, _mm256_set1_ps(kExpRound));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kExpC1), d);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kExpC2), r);
+  __m256 q = _mm256_set1_ps(kExpQ5);
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kExpQ4));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kExpQ3));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kExpQ2));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kExpQ1));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f));
+  const __m256 p = _mm256_fmadd_ps(r, q, _mm256_set1_ps(1.0f));
+  const __m256i sbits = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(static_cast<int>(127u - 0x4B400000u))), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(sbits));
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+// exp_f32 of noise.h on 16 lanes: exp8 lane for lane, the same bits.
+inline __m512 exp16(__m512 d) {
+  d = _mm512_max_ps(d, _mm512_set1_ps(kExpFlush));
+  const __m512 t = _mm512_fmadd_ps(d, _mm512_set1_ps(kLog2e), _mm512_set1_ps(kExpRound));
+  const __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(kExpRound));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kExpC1), d);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kExpC2), r);
+  __m512 q = _mm512_set1_ps(kExpQ5);
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kExpQ4));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kExpQ3));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kExpQ2));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kExpQ1));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+  const __m512 p = _mm512_fmadd_ps(r, q, _mm512_set1_ps(1.0f));
+  const __m512i sbits = _mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(static_cast<int>(127u - 0x4B400000u))), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(sbits));
+}
+
+// The sums of group g alone (contract as group_pass), the 16-lane group pass's
+// path for groups it does not take 16 at a time: a group is two vectors, and
+// group_sum32's first fold (a[k] + a[k + 16]) is their sum, its second
+// (a[k] + a[k + 8]) the sum of that vector's halves, the rest as in the 8-lane
+// version.
+inline void group_sums(const float* buf, int64_t g, const Params& p, bool want_a, float skip_below, float reach,
+                       __m512 vc, __m512 vis, __m512 lo, const float* gm, float* gS, float* gA) {
+  const float m = gm[g];
+  if (m == kNegInf) {
+    gS[g] = 0.0f;
+    gA[g] = 0.0f;
+    return;
+  }
+  if (m + reach < skip_below) {
+    gS[g] = -1.0f;
+    return;
+  }
+  const float* src = buf + g * kGroup;
+  const __m512 vm = _mm512_set1_ps(m);
+  const __m512 d0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(src), vc), vm), vis);
+  const __m512 d1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(src + 16), vc), vm), vis);
+  const __m512 e0 = exp16(d0), e1 = exp16(d1);
+  const __m512 t16 = _mm512_add_ps(e0, e1);  // a[k] + a[k + 16]
+  const __m256 t = _mm256_add_ps(_mm512_castps512_ps256(t16), _mm512_extractf32x8_ps(t16, 1));  // + a[k + 8]
+  __m256 a = _mm256_setzero_ps();
+  if (want_a) {  // d as exp16 clamps it
+    const __m512 a16 = _mm512_fmadd_ps(e1, _mm512_max_ps(d1, lo), _mm512_mul_ps(e0, _mm512_max_ps(d0, lo)));
+    a = _mm256_add_ps(_mm512_castps512_ps256(a16), _mm512_extractf32x8_ps(a16, 1));
+  }
+  // + a[k + 4], + a[k + 2], + a[k + 1]; the A sum rides along in the upper half.
+  __m256 x = _mm256_add_ps(_mm256_permute2f128_ps(t, a, 0x20), _mm256_permute2f128_ps(t, a, 0x31));
+  x = _mm256_add_ps(x, _mm256_shuffle_ps(x, x, _MM_SHUFFLE(3, 2, 3, 2)));
+  x = _mm256_add_ps(x, _mm256_shuffle_ps(x, x, _MM_SHUFFLE(1, 1, 1, 1)));
+  gS[g] = _mm256_cvtss_f32(x);
+  gA[g] = _mm_cvtss_f32(_mm256_extractf128_ps(x, 1));
+}
+
+// Reduces v[0 .. 16) lane-wise in halving folds, with op (add or max): the
+// result's lane 4j + i belongs to v[4i + j] (restore the order with
+// kFoldOrder) and is ((v[k] op v[k + 8]) op (.. k + 4)) op .., the fold order of
+// group_sum32 after its first step. Destroys v.
+template <typename Op>
+inline __m512 fold16x16(__m512* v, Op op) {
+  for (int i = 0; i < 8; ++i)  // a[k] op a[k + 8]: two vectors' halves side by side
+    v[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // a[k] op a[k + 4]: quads 0 and 1, 2 and 3
+    v[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+              _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int i = 0; i < 2; ++i)  // a[k] op a[k + 2] within each quad
+    v[i] = op(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+              _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  return op(_mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),  // a[0] op a[1]
+            _mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Lane of fold16x16's result holding v[g]: 4 (g % 4) + g / 4.
+inline __m512 fold_order(__m512 r) {
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r);
+}
+
+// The group pass on 16 lanes (contract as the 8-lane one below): 16 groups at
+// a time sharing the horizontal folds (fold16x16), else group by group
+// (group_sums). Every element's exp is exp8's and every S_g is folded in
+// group_sum32's order, so the group results, and with them the tokens, are
+// those of the AVX2 build (a maximum is exact in any order).
+inline void group_pass(const float* buf, int64_t ng, const Params& p, bool want_a, float skip_below, float reach,
+                       float* gm, float* gS, float* gA) {
+  const __m512 vc = _mm512_set1_ps(p.key_scales.c);
+  const auto vmax = [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); };
+  const auto vadd = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
+  const __m512 vis = _mm512_set1_ps(p.inv_s), lo = _mm512_set1_ps(kExpFlush);
+  int64_t g = 0;
+  // 16 groups at a time: the maxima, and (when no group of the 16 is skipped)
+  // the exps and sums, with the horizontal folds shared by the 16 groups.
+  for (; g + 16 <= ng; g += 16) {
+    const float* src = buf + g * kGroup;
+    __m512 v[16];
+    for (int k = 0; k < 16; ++k)
+      v[k] = _mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(src + 32 * k), vc),
+                           _mm512_mul_ps(_mm512_loadu_ps(src + 32 * k + 16), vc));
+    const __m512 m16 = fold_order(fold16x16(v, vmax));
+    _mm512_storeu_ps(gm + g, m16);
+    const __mmask16 empty = _mm512_cmp_ps_mask(m16, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ);
+    const __mmask16 skipped = _mm512_cmp_ps_mask(_mm512_add_ps(m16, _mm512_set1_ps(reach)),
+                                                 _mm512_set1_ps(skip_below), _CMP_LT_OQ) & ~empty;
+    if (skipped) {  // some groups need no exps: the one-group code below
+      for (int64_t h = g; h < g + 16; ++h) group_sums(buf, h, p, want_a, skip_below, reach, vc, vis, lo, gm, gS, gA);
+      continue;
+    }
+    __m512 a[16];
+    for (int k = 0; k < 16; ++k) {
+      const __m512 vm = _mm512_set1_ps(gm[g + k]);
+      const __m512 d0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(src + 32 * k), vc), vm), vis);
+      const __m512 d1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(src + 32 * k + 16), vc), vm), vis);
+      const __m512 e0 = exp16(d0), e1 = exp16(d1);
+      v[k] = _mm512_add_ps(e0, e1);  // a[k] + a[k + 16]
+      if (want_a) a[k] = _mm512_fmadd_ps(e1, _mm512_max_ps(d1, lo), _mm512_mul_ps(e0, _mm512_max_ps(d0, lo)));
+    }
+    // Empty groups (all -inf: their exps are NaN) get S = A = 0.
+    _mm512_storeu_ps(gS + g, _mm512_maskz_mov_ps(~empty, fold_order(fold16x16(v, vadd))));
+    if (want_a) _mm512_storeu_ps(gA + g, _mm512_maskz_mov_ps(~empty, fold_order(fold16x16(a, vadd))));
+  }
+  for (; g < ng; ++g) {
+    const float* src = buf + g * kGroup;
+    gm[g] = _mm512_reduce_max_ps(
+        _mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(src), vc), _mm512_mul_ps(_mm512_loadu_ps(src + 16), vc)));
+    group_sums(buf, g, p, want_a, skip_below, reach, vc, vis, lo, gm, gS, gA);
   }
 }
 #else
-inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, Vec gumbel[4]) {
-  alignas(64) float g[4][kNoiseBlocksPerGroup];
+// The sampler's group pass over a chunk of ng groups (noise.h): gm[g] = max of
+// w = x * c over the group; gS[g] = group_sum32 of the canonical exps, 0 for an
+// empty group (gm = -inf), -1 for a group whose key cannot reach skip_below
+// (gm + reach below it); gA[g] = sum e (w - gm) / s (a score sum, any order)
+// when want_a. In phases over the whole chunk (maxima, then exps and sums), so
+// that independent groups overlap instead of one group's dependency chain
+// (max -> exps -> sum) setting the pace. (A row with a NaN is invalid whatever
+// this computes for it.)
+inline void group_pass(const float* buf, int64_t ng, const Params& p, bool want_a, float skip_below, float reach,
+                       float* gm, float* gS, float* gA) {
+  const __m256 vc = _mm256_set1_ps(p.key_scales.c);
+  for (int64_t g = 0; g < ng; ++g) {
+    const float* src = buf + g * kGroup;
+    const __m256 m01 = _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(src), vc), _mm256_mul_ps(_mm256_loadu_ps(src + 8), vc));
+    const __m256 m23 =
+        _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(src + 16), vc), _mm256_mul_ps(_mm256_loadu_ps(src + 24), vc));
+    const __m256 mx = _mm256_max_ps(m01, m23);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    gm[g] = _mm_cvtss_f32(h);
+  }
+  const __m256 vis = _mm256_set1_ps(p.inv_s), lo = _mm256_set1_ps(kExpFlush);
+  for (int64_t g = 0; g < ng; ++g) {
+    const float m = gm[g];
+    if (m == kNegInf) {
+      gS[g] = 0.0f;
+      gA[g] = 0.0f;
+      continue;
+    }
+    if (m + reach < skip_below) {
+      gS[g] = -1.0f;
+      continue;
+    }
+    const float* src = buf + g * kGroup;
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 e[4], a = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      const __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(src + 8 * k), vc), vm), vis);
+      e[k] = exp8(d);
+      if (want_a) a = _mm256_add_ps(a, _mm256_mul_ps(e[k], _mm256_max_ps(d, lo)));  // d as exp8 clamps it
+    }
+    // group_sum32: a[k] + a[k + 16] (vectors 0 + 2, 1 + 3), + a[k + 8], then
+    // the lanes + a[k + 4], + a[k + 2], + a[k + 1]; the A sum rides along in
+    // the upper half.
+    const __m256 t = _mm256_add_ps(_mm256_add_ps(e[0], e[2]), _mm256_add_ps(e[1], e[3]));
+    __m256 x = _mm256_add_ps(_mm256_permute2f128_ps(t, a, 0x20), _mm256_permute2f128_ps(t, a, 0x31));
+    x = _mm256_add_ps(x, _mm256_shuffle_ps(x, x, _MM_SHUFFLE(3, 2, 3, 2)));
+    x = _mm256_add_ps(x, _mm256_shuffle_ps(x, x, _MM_SHUFFLE(1, 1, 1, 1)));
+    gS[g] = _mm256_cvtss_f32(x);
+    gA[g] = _mm_cvtss_f32(_mm256_extractf128_ps(x, 1));
+  }
+}
+
+#endif
+
+// Group keys of n groups: K = m + (log_f32(S) + G) s (noise.h group_key), -inf
+// where S <= 0 (an empty or a skipped group).
+inline void group_keys(const float* m, const float* S, const float* G, int64_t n, float s, float* K) {
+  int64_t i = 0;
+  const __m256 vs = _mm256_set1_ps(s), zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 vS = _mm256_loadu_ps(S + i);
+    const __m256 live = _mm256_cmp_ps(vS, zero, _CMP_GT_OQ);
+    const __m256 lg = log8(_mm256_blendv_ps(one, vS, live));
+    const __m256 k =
+        _mm256_add_ps(_mm256_loadu_ps(m + i), _mm256_mul_ps(_mm256_add_ps(lg, _mm256_loadu_ps(G + i)), vs));
+    _mm256_storeu_ps(K + i, _mm256_blendv_ps(_mm256_set1_ps(kNegInf), k, live));
+  }
+  for (; i < n; ++i) K[i] = S[i] > 0.0f ? group_key(m[i], S[i], G[i], s) : kNegInf;
+}
+#else
+inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, float* gumbel) {
   for (uint32_t b = 0; b < kNoiseBlocksPerGroup; ++b) {
     const Philox4x32 w = noise_block(key, row, group * kNoiseBlocksPerGroup + b);
-    for (int j = 0; j < 4; ++j) g[j][b] = gumbel_from_bits(w.v[j]);
+    for (int j = 0; j < 4; ++j) gumbel[8 * j + b] = gumbel_from_bits(w.v[j]);
   }
-  for (int j = 0; j < 4; ++j) gumbel[j] = Vec::loadu(g[j]);
+}
+
+// Portable group pass: noise.h's scalar functions (contract as the AVX2 version).
+inline void group_pass(const float* buf, int64_t ng, const Params& p, bool want_a, float skip_below, float reach,
+                       float* gm, float* gS, float* gA) {
+  for (int64_t g = 0; g < ng; ++g) {
+    const float* src = buf + g * kGroup;
+    float w[kNoiseGroup], e[kNoiseGroup];
+    float m = kNegInf;
+    for (int64_t k = 0; k < kNoiseGroup; ++k) {
+      w[k] = src[k] * p.key_scales.c;
+      m = w[k] > m ? w[k] : m;
+    }
+    gm[g] = m;
+    if (m == kNegInf) {
+      gS[g] = 0.0f;
+      gA[g] = 0.0f;
+      continue;
+    }
+    if (m + reach < skip_below) {
+      gS[g] = -1.0f;
+      continue;
+    }
+    float a = 0.0f;
+    for (int64_t k = 0; k < kNoiseGroup; ++k) {
+      const float d = (w[k] - m) * p.inv_s;
+      e[k] = exp_f32(d);
+      a += e[k] * std::max(d, kExpFlush);
+    }
+    gS[g] = group_sum32(e);
+    if (want_a) gA[g] = a;
+  }
+}
+
+inline void group_keys(const float* m, const float* S, const float* G, int64_t n, float s, float* K) {
+  for (int64_t i = 0; i < n; ++i) K[i] = S[i] > 0.0f ? group_key(m[i], S[i], G[i], s) : kNegInf;
+}
+#endif
+
+// Gumbels of groups [g0, g0 + n) of `row` (the group stream of noise.h): 32
+// groups per vectorised draw, groups laid out like columns.
+inline void group_gumbels(const NoiseKey& key, uint32_t row, int64_t g0, int64_t n, float* out) {
+  alignas(64) float tmp[2 * kNoiseGroup];
+  const int64_t end = g0 + n;
+  for (int64_t q = g0 / kNoiseGroup; q * kNoiseGroup < end;) {
+    const uint32_t group = static_cast<uint32_t>(kGroupStream / kNoiseBlocksPerGroup + q);
+    int64_t span = 1;  // noise groups drawn in this step
+#if defined(CPU_CAPABILITY_AVX512)
+    if ((q + 1) * kNoiseGroup < end) {
+      noise_group2(key, row, group, tmp);
+      span = 2;
+    } else {
+      noise_group(key, row, group, tmp);
+    }
+#else
+    noise_group(key, row, group, tmp);
+#endif
+    const int64_t lo = std::max(g0, q * kNoiseGroup), hi = std::min(end, (q + span) * kNoiseGroup);
+    for (int64_t k = lo; k < hi; ++k) out[k - g0] = tmp[k - q * kNoiseGroup];
+    q += span;
+  }
+}
+
+// Steps (1) and (2) of a chunk: Tops holds the per-lane top-2 and first argmax
+// of the scores z (x, or x / T with tempered scores) and whether a NaN was seen;
+// top_pass updates it over a chunk (its first column col0), tops_max is the
+// largest score so far, exp_sums adds sum exp(z - m) and sum exp(z - m)(z - m)
+// over a chunk, and tops_finish merges the lanes at the end of the row: the
+// winner is the lowest column among lanes holding the maximum m, the second
+// score the largest of the rest (with multiplicity). Without kCols the columns
+// are not tracked (sampling: the token is not the argmax) and the winner lane is
+// any lane holding m, which gives the same second score.
+#if defined(CPU_CAPABILITY_AVX512)
+// 16 lanes of hand intrinsics: plain max / min instead of at::vec's
+// NaN-propagating ones (a NaN is tracked by its own mask, the row is then
+// invalid, and max_ps(z, t) returns t for a NaN z, so the maxima stay numbers),
+// and two lane sets (even and odd vectors) so that the top1 chains overlap.
+struct Tops {
+  __m512 top1[2], top2[2], col[2];
+  __mmask16 nan = 0;
+  Tops() {
+    for (int k = 0; k < 2; ++k) {
+      top1[k] = top2[k] = _mm512_set1_ps(kNegInf);
+      col[k] = _mm512_setzero_ps();
+    }
+  }
+};
+
+template <bool kScale, bool kCols>
+inline void top_pass(const float* src, int64_t padded, int64_t col0, float inv_t, Tops& t) {
+  const __m512 vinv = _mm512_set1_ps(inv_t), step = _mm512_set1_ps(32.0f), sixteen = _mm512_set1_ps(16.0f);
+  __m512 col = _mm512_add_ps(_mm512_set1_ps(static_cast<float>(col0)),
+                             _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  __m512 top1a = t.top1[0], top1b = t.top1[1], top2a = t.top2[0], top2b = t.top2[1];
+  __m512 cola = t.col[0], colb = t.col[1];
+  __mmask16 nan = t.nan;
+  for (int64_t i = 0; i < padded; i += 32, col = _mm512_add_ps(col, step)) {  // padded: whole groups
+    __m512 za = _mm512_loadu_ps(src + i), zb = _mm512_loadu_ps(src + i + 16);
+    if constexpr (kScale) {
+      za = _mm512_mul_ps(za, vinv);
+      zb = _mm512_mul_ps(zb, vinv);
+    }
+    nan |= _mm512_cmp_ps_mask(za, zb, _CMP_UNORD_Q);  // either one a NaN
+    if constexpr (kCols) {
+      const __mmask16 ga = _mm512_cmp_ps_mask(za, top1a, _CMP_GT_OQ);
+      const __mmask16 gb = _mm512_cmp_ps_mask(zb, top1b, _CMP_GT_OQ);
+      cola = _mm512_mask_mov_ps(cola, ga, col);
+      colb = _mm512_mask_mov_ps(colb, gb, _mm512_add_ps(col, sixteen));
+    }
+    top2a = _mm512_max_ps(top2a, _mm512_min_ps(top1a, za));
+    top2b = _mm512_max_ps(top2b, _mm512_min_ps(top1b, zb));
+    top1a = _mm512_max_ps(za, top1a);
+    top1b = _mm512_max_ps(zb, top1b);
+  }
+  t.top1[0] = top1a, t.top1[1] = top1b, t.top2[0] = top2a, t.top2[1] = top2b;
+  t.col[0] = cola, t.col[1] = colb;
+  t.nan = nan;
+}
+
+inline float tops_max(const Tops& t) {
+  return _mm512_reduce_max_ps(_mm512_max_ps(t.top1[0], t.top1[1]));
+}
+
+inline double hsum16(__m512 v) {
+  alignas(64) float a[16];
+  _mm512_store_ps(a, v);
+  double r = 0.0;
+  for (int l = 0; l < 16; ++l) r += a[l];
+  return r;
+}
+
+// e^d for the sums, d <= 0: exp16's steps without its clamp at -86, and 2^n
+// by vscalefps, which underflows gradually to 0, so a -inf entry (d clamped to
+// kSumFloor: n = -159 and 2^n p = 0) adds exactly 0 to S and A.
+constexpr float kSumFloor = -110.0f;
+inline __m512 exp16_sum(__m512 d) {
+  const __m512 t = _mm512_fmadd_ps(d, _mm512_set1_ps(kLog2e), _mm512_set1_ps(kExpRound));
+  const __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(kExpRound));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kExpC1), d);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kExpC2), r);
+  __m512 q = _mm512_set1_ps(kExpQ5);
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kExpQ4));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kExpQ3));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kExpQ2));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kExpQ1));
+  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(_mm512_fmadd_ps(r, q, _mm512_set1_ps(1.0f)), n);
+}
+
+// Two accumulator pairs so that the add chains overlap.
+template <bool kScale>
+inline void exp_sums(const float* src, int64_t padded, float inv_t, float m, double& S, double& A) {
+  const __m512 vinv = _mm512_set1_ps(inv_t), vm = _mm512_set1_ps(m), lo = _mm512_set1_ps(kSumFloor);
+  __m512 sa = _mm512_setzero_ps(), sb = sa, aa = sa, ab = sa;
+  for (int64_t i = 0; i < padded; i += 32) {
+    __m512 za = _mm512_loadu_ps(src + i), zb = _mm512_loadu_ps(src + i + 16);
+    if constexpr (kScale) {
+      za = _mm512_mul_ps(za, vinv);
+      zb = _mm512_mul_ps(zb, vinv);
+    }
+    const __m512 da = _mm512_max_ps(_mm512_sub_ps(za, vm), lo), db = _mm512_max_ps(_mm512_sub_ps(zb, vm), lo);
+    const __m512 ea = exp16_sum(da), eb = exp16_sum(db);
+    sa = _mm512_add_ps(sa, ea);
+    sb = _mm512_add_ps(sb, eb);
+    aa = _mm512_fmadd_ps(ea, da, aa);
+    ab = _mm512_fmadd_ps(eb, db, ab);
+  }
+  S += hsum16(_mm512_add_ps(sa, sb));
+  A += hsum16(_mm512_add_ps(aa, ab));
+}
+
+inline void tops_finish(const Tops& t, float m, bool& has_nan, float& second, int64_t& col) {
+  has_nan = t.nan != 0;
+  alignas(64) float t1[32], t2[32], t1c[32];
+  for (int k = 0; k < 2; ++k) {
+    _mm512_store_ps(t1 + 16 * k, t.top1[k]);
+    _mm512_store_ps(t2 + 16 * k, t.top2[k]);
+    _mm512_store_ps(t1c + 16 * k, t.col[k]);
+  }
+  int win = -1;
+  for (int l = 0; l < 32; ++l) {
+    if (t1[l] == m && (win < 0 || t1c[l] < t1c[win])) win = l;
+  }
+  second = kNegInf;
+  for (int l = 0; l < 32; ++l) {
+    second = std::max(second, t2[l]);
+    if (l != win) second = std::max(second, t1[l]);
+  }
+  col = win < 0 ? -1 : static_cast<int64_t>(t1c[win]);
+}
+#else
+struct Tops {
+  Vec top1{kNegInf}, top2{kNegInf}, col{0.f}, nan{0.f};
+};
+
+template <bool kScale, bool kCols>
+inline void top_pass(const float* src, int64_t padded, int64_t col0, float inv_t, Tops& t) {
+  // Strict > keeps the lowest column of a lane's maximum.
+  const Vec vinv(inv_t);
+  Vec col = Vec(static_cast<float>(col0)) + Vec::arange(0.f, 1.f);
+  for (int64_t i = 0; i < padded; i += kLanes, col = col + Vec(static_cast<float>(kLanes))) {
+    const Vec z = kScale ? Vec::loadu(src + i) * vinv : Vec::loadu(src + i);
+    t.nan = t.nan | z.isnan();
+    const Vec greater = z > t.top1;
+    t.top2 = at::vec::maximum(t.top2, at::vec::minimum(t.top1, z));
+    t.col = Vec::blendv(t.col, col, greater);
+    t.top1 = Vec::blendv(t.top1, z, greater);
+  }
+}
+
+inline float tops_max(const Tops& t) { return hmax(t.top1); }
+
+template <bool kScale>
+inline void exp_sums(const float* src, int64_t padded, float inv_t, float m, double& S, double& A) {
+  const Vec vinv(inv_t), vm(m), floor_(kExpFloor);
+  Vec s_acc(0.f), a_acc(0.f);
+  for (int64_t i = 0; i < padded; i += kLanes) {
+    const Vec z = kScale ? Vec::loadu(src + i) * vinv : Vec::loadu(src + i);
+    const Vec d = at::vec::maximum(z - vm, floor_);
+    const Vec e = d.exp_u20();
+    s_acc = s_acc + e;
+    a_acc = a_acc + e * d;
+  }
+  S += hsum(s_acc);
+  A += hsum(a_acc);
+}
+
+inline void tops_finish(const Tops& t, float m, bool& has_nan, float& second, int64_t& col) {
+  has_nan = t.nan.zero_mask() != (1 << kLanes) - 1;
+  std::array<float, kLanes> t1, t2, t1c;
+  t.top1.store(t1.data());
+  t.top2.store(t2.data());
+  t.col.store(t1c.data());
+  int64_t win = -1;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    if (t1[l] == m && (win < 0 || t1c[l] < t1c[win])) win = l;
+  }
+  second = kNegInf;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    second = std::max(second, t2[l]);
+    if (l != win) second = std::max(second, t1[l]);
+  }
+  col = win < 0 ? -1 : static_cast<int64_t>(t1c[win]);
 }
 #endif
 
@@ -200,35 +747,49 @@ template <typename T>
 RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf) {
   const int64_t V = row.V + row.lead;  // the padded row
   const bool scale_scores = p.sample && p.tempered_scores;
-  const Vec lane_index = Vec::arange(0.f, 1.f);
 
   // Per-lane running state. Columns are carried as floats (exact below 2^24).
-  Vec top1(kNegInf), top2(kNegInf), top1_col(0.f), nan_seen(0.f);
-  Vec best_y(kNegInf), best_col(0.f);
+  Tops tops;
   float m = kNegInf;      // running maximum of the scores
   double S = 0.0, A = 0.0;
-  float best_y_bound = kNegInf;  // best perturbed value after the previous chunk
+  // The sampler: best group key so far and its group (of the padded row).
+  float best_key = kNegInf;
+  int64_t best_group = -1;
+  const float key_reach = kGroupKeyBound * p.key_scales.s;
+  // Per-chunk group results (padded to whole vectors with empty groups).
+  alignas(64) float gm[kChunkGroups], gS[kChunkGroups], gA[kChunkGroups], gG[kChunkGroups], gK[kChunkGroups];
 
   for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
     const int64_t n = std::min(kChunk, V - c0);
-    // buf holds the raw logits: the scores scale them on the fly, the perturbed
-    // values by c (noise.h), which x / T would not survive when it overflows.
-    const int64_t padded = load_chunk(x, row.lead, c0, n, buf);
-    const Vec vinv(p.inv_temperature);
+    // src holds the raw logits: the scores scale them on the fly, the sampler by
+    // c (noise.h), which x / T would not survive when it overflows. float32
+    // chunks of whole groups are read in place, the others copied to buf
+    // (converted, padded).
+    const float* src = buf;
+    int64_t padded;
+    if constexpr (std::is_same_v<T, float>) {
+      if (c0 >= row.lead && n % kGroup == 0) {
+        src = x + (c0 - row.lead);
+        padded = n;
+      } else {
+        padded = load_chunk(x, row.lead, c0, n, buf);
+      }
+    } else {
+      padded = load_chunk(x, row.lead, c0, n, buf);
+    }
 
-    // (1) per-lane top-2 and first argmax (strict > keeps the lowest column).
-    Vec col = Vec(static_cast<float>(c0)) + lane_index;
-    for (int64_t i = 0; i < padded; i += kLanes, col = col + Vec(static_cast<float>(kLanes))) {
-      const Vec z = scale_scores ? Vec::loadu(buf + i) * vinv : Vec::loadu(buf + i);
-      nan_seen = nan_seen | z.isnan();
-      const Vec greater = z > top1;
-      top2 = at::vec::maximum(top2, at::vec::minimum(top1, z));
-      top1_col = Vec::blendv(top1_col, col, greater);
-      top1 = Vec::blendv(top1, z, greater);
+    // (1) per-lane top-2, and the first argmax when it is the token (T = 0;
+    // the AVX-512 code leaves the columns out when sampling).
+    if (scale_scores) {
+      top_pass<true, false>(src, padded, c0, p.inv_temperature, tops);
+    } else if (p.sample) {
+      top_pass<false, false>(src, padded, c0, p.inv_temperature, tops);
+    } else {
+      top_pass<false, true>(src, padded, c0, p.inv_temperature, tops);
     }
 
     // (2) exp sums against the new running maximum.
-    const float m_new = std::max(m, hmax(top1));
+    const float m_new = std::max(m, tops_max(tops));
     if (!std::isfinite(m_new)) {
       m = m_new;  // all -inf so far (nothing to add), or +inf / NaN (row invalid)
       if (!(m_new == kNegInf)) break;
@@ -242,84 +803,83 @@ RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf)
     }
     m = m_new;
     const Vec vm(m), floor_(kExpFloor);
-    Vec s_acc(0.f), a_acc(0.f);
-    for (int64_t i = 0; i < padded; i += kLanes) {
-      const Vec z = scale_scores ? Vec::loadu(buf + i) * vinv : Vec::loadu(buf + i);
-      const Vec d = at::vec::maximum(z - vm, floor_);
-      const Vec e = d.exp_u20();
-      s_acc = s_acc + e;
-      a_acc = a_acc + e * d;
-    }
-    S += hsum(s_acc);
-    A += hsum(a_acc);
-
-    // (3) Gumbel-max over the groups that can still beat best_y_bound.
-    if (p.sample) {
-      // Slack for the rounding of y = x / T + g at large |y|.
-      const float bound = best_y_bound - std::fabs(best_y_bound) * 0x1p-20f;
-      const Vec vbound(bound), vgumbel(kGumbelBound * p.key_scales.s), vc(p.key_scales.c);
-      const Vec vs(p.key_scales.s);
-      for (int64_t g = 0; g < padded; g += kGroup) {
-        Vec base[kGroup / kLanes];
-        Vec reach(kNegInf);
-        for (int64_t j = 0; j < kGroup / kLanes; ++j) {
-          base[j] = Vec::loadu(buf + g + j * kLanes) * vc;
-          reach = at::vec::maximum(reach, base[j]);
-        }
-        if (((reach + vgumbel) > vbound).zero_mask() == (1 << kLanes) - 1) continue;
-        Vec gumbel[4];
-        noise_group(p.key, row.noise_row, static_cast<uint32_t>((row.col_base + c0 + g) / kGroup), gumbel);
-        for (int64_t j = 0; j < kGroup / kLanes; ++j) {
-          const Vec y = base[j] + gumbel[j] * vs;
-          const Vec greater = y > best_y;
-          const Vec gcol = Vec(static_cast<float>(c0 + g + j * kLanes)) + lane_index;
-          best_col = Vec::blendv(best_col, gcol, greater);
-          best_y = Vec::blendv(best_y, y, greater);
-        }
+    if (!p.shared) {
+      if (scale_scores) {
+        exp_sums<true>(src, padded, p.inv_temperature, m, S, A);
+      } else {
+        exp_sums<false>(src, padded, p.inv_temperature, m, S, A);
       }
-      best_y_bound = hmax(best_y);
+    }
+    if (!p.sample) continue;
+
+    // (3) the group pass (noise.h, hierarchical Gumbel-max). With two
+    // distributions the sums are done, and groups that cannot beat the best key
+    // so far are skipped (slack for the rounding of K at large |K|).
+    const int64_t ng = padded / kGroup;
+    const float skip_below = p.shared ? kNegInf : best_key - std::fabs(best_key) * 0x1p-20f;
+    group_pass(src, ng, p, p.shared, skip_below, key_reach, gm, gS, gA);
+    if (p.shared) {
+      // The scores' sums from the group sums: z = w / s, so a group's terms are
+      // exp(m_g / s - m) times its own (clamped as in (2): empty groups add 0).
+      Vec s_acc(0.f), a_acc(0.f);
+      const Vec vis(p.inv_s);
+      for (int64_t g = ng; g % kLanes; ++g) gm[g] = kNegInf, gS[g] = 0.f, gA[g] = 0.f;
+      for (int64_t g = 0; g < ng; g += kLanes) {
+        const Vec d = at::vec::maximum(Vec::loadu(gm + g) * vis - vm, floor_);
+        const Vec r = d.exp_u20();
+        const Vec sg = Vec::loadu(gS + g);
+        s_acc = s_acc + r * sg;
+        a_acc = a_acc + r * (Vec::loadu(gA + g) + d * sg);
+      }
+      S += hsum(s_acc);
+      A += hsum(a_acc);
+    }
+    const int64_t group0 = (row.col_base + c0) / kGroup;  // global group of the chunk's first
+    group_gumbels(p.key, row.noise_row, group0, ng, gG);
+    group_keys(gm, gS, gG, ng, p.key_scales.s, gK);
+    for (int64_t g = 0; g < ng; ++g) {
+      if (gK[g] > best_key) {  // strict: the lowest group wins ties
+        best_key = gK[g];
+        best_group = c0 / kGroup + g;
+      }
     }
   }
 
   RowReduction out;
-  const bool has_nan = nan_seen.zero_mask() != (1 << kLanes) - 1;
+  bool has_nan;
+  int64_t argmax_col;  // in the padded row
+  tops_finish(tops, m, has_nan, out.second, argmax_col);
   out.invalid = has_nan || m == std::numeric_limits<float>::infinity() || std::isnan(m);
   if (out.invalid) return out;
   out.m = m;
   out.S = S;
   out.A = A;
 
-  // Merge lanes: winner = lowest column among lanes holding the maximum.
-  std::array<float, kLanes> t1, t2, t1c;
-  top1.store(t1.data());
-  top2.store(t2.data());
-  top1_col.store(t1c.data());
-  int64_t win = -1;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    if (t1[l] == m && (win < 0 || t1c[l] < t1c[win])) win = l;
-  }
-  out.second = kNegInf;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    out.second = std::max(out.second, t2[l]);
-    if (l != win) out.second = std::max(out.second, t1[l]);
-  }
-
-  int64_t col;  // in the padded row
+  int64_t col = -1;  // in the padded row
   if (p.sample) {
-    std::array<float, kLanes> by, bc;
-    best_y.store(by.data());
-    best_col.store(bc.data());
-    int64_t lane = 0;
-    for (int64_t l = 1; l < kLanes; ++l) {
-      if (by[l] > by[lane] || (by[l] == by[lane] && bc[l] < bc[lane])) lane = l;
+    out.key = best_key;
+    if (best_group >= 0) {
+      // Element noise inside the winning group only: y = x * c + g * s, the
+      // first maximum (padding columns are -inf and never win).
+      alignas(64) float g[kNoiseGroup];
+      noise_group(p.key, row.noise_row, static_cast<uint32_t>(row.col_base / kGroup + best_group), g);
+      float best_y = kNegInf;
+      for (int64_t k = 0; k < kNoiseGroup; ++k) {
+        const int64_t u = best_group * kGroup + k;
+        if (u < row.lead || u >= V) continue;
+        const float y = static_cast<float>(x[u - row.lead]) * p.key_scales.c + g[k] * p.key_scales.s;
+        if (y > best_y || col < 0) {
+          best_y = y;
+          col = u;
+        }
+      }
     }
-    out.key = by[lane];
-    col = static_cast<int64_t>(bc[lane]);
   } else {
     out.key = m;
-    col = static_cast<int64_t>(t1c[win]);
+    col = argmax_col;
   }
-  if (out.key == kNegInf) {  // an all -inf slice
+  if (out.key == kNegInf || col < 0) {  // an all -inf slice
+    out.key = kNegInf;
     out.token = -1;
     out.token_score = kNegInf;
     return out;
@@ -377,6 +937,9 @@ Params make_params(double temperature, bool tempered_scores, int64_t seed, int64
   p.tempered_scores = tempered_scores;
   p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
   p.key_scales = key_scales(p.inv_temperature);
+  p.inv_s = 1.0f / p.key_scales.s;
+  // One distribution: the group exps of the sampler are the scores' exps.
+  p.shared = p.sample && (tempered_scores || p.inv_temperature == 1.0f);
   p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
   return p;
 }

@@ -67,6 +67,9 @@ at::Tensor launch_stats_tuples(const char* op, const at::Tensor& logits, double 
   p.tempered_scores = tempered_scores;
   p.inv_temperature = p.sample ? static_cast<float>(1.0 / temperature) : 1.0f;
   p.key_scales = key_scales(p.inv_temperature);
+  p.inv_s = 1.0f / p.key_scales.s;
+  // One distribution: the sampler's group exps are the scores' exps.
+  p.shared = p.sample && (tempered_scores || p.inv_temperature == 1.0f);
   p.key = make_noise_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
   p.rng = in.rng.defined() ? in.rng.const_data_ptr<int64_t>() : nullptr;
 
@@ -113,10 +116,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
   const bool* active_ptr = in.active.defined() ? in.active.const_data_ptr<bool>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int merge_threads = 128;
-  cuda::token_stats_merge_kernel<<<static_cast<unsigned>((rows + merge_threads - 1) / merge_threads), merge_threads, 0,
-                                   stream>>>(reinterpret_cast<const cuda::StatsTuple*>(partial.const_data_ptr()),
-                                             active_ptr, p, token.data_ptr<int64_t>(), confidence.data_ptr<float>(),
-                                             margin.data_ptr<float>(), entropy.data_ptr<float>());
+  const unsigned blocks = static_cast<unsigned>((rows + merge_threads - 1) / merge_threads);
+  const auto* tuples = reinterpret_cast<const cuda::StatsTuple*>(partial.const_data_ptr());
+  const int64_t* offsets = in.offsets.const_data_ptr<int64_t>();
+  AT_DISPATCH_SWITCH(logits.scalar_type(), "token_stats_cuda",
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      cuda::token_stats_merge_kernel<float><<<blocks, merge_threads, 0, stream>>>(
+          logits.const_data_ptr<float>(), offsets, tuples, active_ptr, p, token.data_ptr<int64_t>(),
+          confidence.data_ptr<float>(), margin.data_ptr<float>(), entropy.data_ptr<float>());
+    })
+    AT_DISPATCH_CASE(at::kHalf, [&] {
+      cuda::token_stats_merge_kernel<at::Half><<<blocks, merge_threads, 0, stream>>>(
+          logits.const_data_ptr<at::Half>(), offsets, tuples, active_ptr, p, token.data_ptr<int64_t>(),
+          confidence.data_ptr<float>(), margin.data_ptr<float>(), entropy.data_ptr<float>());
+    })
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      cuda::token_stats_merge_kernel<at::BFloat16><<<blocks, merge_threads, 0, stream>>>(
+          logits.const_data_ptr<at::BFloat16>(), offsets, tuples, active_ptr, p, token.data_ptr<int64_t>(),
+          confidence.data_ptr<float>(), margin.data_ptr<float>(), entropy.data_ptr<float>());
+    }));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {token, confidence, margin, entropy};
 }
@@ -145,9 +163,22 @@ at::Tensor token_stats_partial_cuda(const at::Tensor& logits, double temperature
   const bool* active_ptr = in.active.defined() ? in.active.const_data_ptr<bool>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int threads = 128;
-  cuda::token_stats_partial_finish_kernel<<<static_cast<unsigned>((rows + threads - 1) / threads), threads, 0,
-                                            stream>>>(reinterpret_cast<const cuda::StatsTuple*>(partial.const_data_ptr()),
-                                                      active_ptr, p, out.data_ptr<float>());
+  const unsigned blocks = static_cast<unsigned>((rows + threads - 1) / threads);
+  const auto* tuples = reinterpret_cast<const cuda::StatsTuple*>(partial.const_data_ptr());
+  const int64_t* offsets = in.offsets.const_data_ptr<int64_t>();
+  AT_DISPATCH_SWITCH(logits.scalar_type(), "token_stats_partial_cuda",
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      cuda::token_stats_partial_finish_kernel<float><<<blocks, threads, 0, stream>>>(
+          logits.const_data_ptr<float>(), offsets, tuples, active_ptr, p, out.data_ptr<float>());
+    })
+    AT_DISPATCH_CASE(at::kHalf, [&] {
+      cuda::token_stats_partial_finish_kernel<at::Half><<<blocks, threads, 0, stream>>>(
+          logits.const_data_ptr<at::Half>(), offsets, tuples, active_ptr, p, out.data_ptr<float>());
+    })
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      cuda::token_stats_partial_finish_kernel<at::BFloat16><<<blocks, threads, 0, stream>>>(
+          logits.const_data_ptr<at::BFloat16>(), offsets, tuples, active_ptr, p, out.data_ptr<float>());
+    }));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -3,8 +3,8 @@
 //
 // Same derivation as csrc/cpu/token_stats.cpp: per row a running maximum m,
 // S = sum exp(z - m), A = sum exp(z - m)(z - m), the top two values with the
-// first argmax, and for sampling the best perturbed value y = x * c + g * s
-// (noise.h: x / T + g scaled by a power of two) with its first column. These tuples merge associatively:
+// first argmax, and for sampling the best group key of the hierarchical
+// Gumbel-max (noise.h) with its group (the lowest on ties). These tuples merge associatively:
 //   m = max(ma, mb), S = ra Sa + rb Sb, A = ra (Aa + (ma - m) Sa) + rb (Ab + (mb - m) Sb)
 // with r = exp(m_side - m), so the vocabulary is split across blocks when there
 // are few rows (the dLLM case: a block of 32 positions times a small batch):
@@ -13,7 +13,16 @@
 // in split order (deterministic, lowest column on every tie).
 //
 // Work unit: a thread takes 32 consecutive columns at a time, one noise group
-// (noise.h), so sampling draws 8 Philox blocks for 32 columns with no waste.
+// (noise.h). Sampling is the hierarchical Gumbel-max of noise.h: per group the
+// thread computes m_g (max of w = x * c), the canonical exps and group_sum32,
+// one group Gumbel (one Philox call for 32 columns) and the group key K_g; the
+// tuple keeps the best (key, group), lowest group on ties. The merge then draws
+// the element noise of the winning group only (8 Philox calls per row). When
+// the scores describe the sampled distribution (T = 1 or tempered scores), the
+// same exps give the sums: the group adds exp(m_g / s - m) (S_g, A_g + (m_g / s
+// - m) S_g), one exp per element as at T = 0. Otherwise the sums take their own
+// expf per element and the group pass runs only for groups whose key can still
+// win (K_g <= m_g + kGroupKeyBound * s).
 //
 // token_stats_partial (a vocabulary slice [vocab_start, vocab_start + V) of
 // rows row_offset + r) runs the same tuple kernel with kSlice = true: the slice
@@ -44,9 +53,8 @@ struct StatsTuple {
   float top1;    // == m unless NaN
   float top2;
   int64_t top1_col;
-  float best_y;      // best perturbed value (sampling)
-  float best_score;  // score at best_col (its probability is exp(best_score - m) / S)
-  int64_t best_col;
+  float best_y;      // sampling: best group key
+  int64_t best_col;  // sampling: its group (of the virtual row)
   int bad;  // saw NaN or +inf
 };
 
@@ -59,7 +67,6 @@ __host__ __device__ inline StatsTuple empty_stats() {
   t.top2 = -INFINITY;
   t.top1_col = INT64_MAX;
   t.best_y = -INFINITY;
-  t.best_score = -INFINITY;
   t.best_col = INT64_MAX;
   t.bad = 0;
   return t;
@@ -94,7 +101,6 @@ __device__ __forceinline__ StatsTuple combine(const StatsTuple& a, const StatsTu
   const bool a_best = wins(a.best_y, a.best_col, b.best_y, b.best_col);
   r.best_y = a_best ? a.best_y : b.best_y;
   r.best_col = a_best ? a.best_col : b.best_col;
-  r.best_score = a_best ? a.best_score : b.best_score;
   return r;
 }
 
@@ -107,7 +113,6 @@ __device__ __forceinline__ StatsTuple shfl_down(const StatsTuple& t, int delta) 
   r.top2 = __shfl_down_sync(0xffffffffu, t.top2, delta);
   r.top1_col = __shfl_down_sync(0xffffffffu, t.top1_col, delta);
   r.best_y = __shfl_down_sync(0xffffffffu, t.best_y, delta);
-  r.best_score = __shfl_down_sync(0xffffffffu, t.best_score, delta);
   r.best_col = __shfl_down_sync(0xffffffffu, t.best_col, delta);
   r.bad = __shfl_down_sync(0xffffffffu, t.bad, delta);
   return r;
@@ -121,8 +126,10 @@ __device__ __forceinline__ float to_float(T v) {
 struct StatsParams {
   int64_t rows, V, splits, cols_per_split;  // cols_per_split is a multiple of 32
   bool sample, tempered_scores;
+  bool shared;  // sampling, and the scores describe the sampled distribution
   float inv_temperature;
   KeyScales key_scales;  // y = x * c + g * s (noise.h)
+  float inv_s;           // 1 / s, a power of two
   NoiseKey key;
   const int64_t* rng;  // device (seed, offset) overriding `key` when set (CUDA graphs)
   // Read by the kSlice kernels only (token_stats_partial): V above counts `lead`
@@ -150,7 +157,7 @@ __global__ void __launch_bounds__(kStatsThreads)
     const NoiseKey key = p.rng != nullptr ? make_noise_key(static_cast<uint64_t>(p.rng[0]), static_cast<uint64_t>(p.rng[1]))
                                           : p.key;
     for (int64_t g0 = c_begin + 32 * static_cast<int64_t>(threadIdx.x); g0 < c_end; g0 += 32 * kStatsThreads) {
-      // Raw logits: the scores scale them by 1 / T, the perturbed values by c
+      // Raw logits: the scores scale them by 1 / T, the sampler by c
       // (noise.h), which x / T would not survive where it overflows.
       float xv[32];
 #pragma unroll
@@ -178,6 +185,42 @@ __global__ void __launch_bounds__(kStatsThreads)
         }
         gmax = fmaxf(gmax, v);
       }
+      // The sampler's group pass (noise.h): m_g, the canonical exps and their sum.
+      float mg = -INFINITY, Sg = 0.f, Ag = 0.f;
+      bool have_group = false;
+      if (p.sample) {
+        float w[32];
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          w[j] = __fmul_rn(xv[j], p.key_scales.c);
+          mg = fmaxf(mg, w[j]);
+        }
+        // Two distributions: only groups whose key can still win (slack for the
+        // rounding of K at large |K|).
+        const float bound = t.best_y - fabsf(t.best_y) * 0x1p-20f;
+        have_group = mg != -INFINITY &&
+                     (p.shared || __fadd_rn(mg, __fmul_rn(kGroupKeyBound, p.key_scales.s)) >= bound);
+        if (have_group) {
+          float e[32];
+#pragma unroll
+          for (int j = 0; j < 32; ++j) {
+            const float d = __fmul_rn(__fadd_rn(w[j], -mg), p.inv_s);
+            e[j] = exp_f32(d);
+            Ag += e[j] * fmaxf(d, kExpFlush);  // a score sum: any order
+          }
+          Sg = group_sum32(e);
+          const int64_t noise_g = (kSlice ? p.col_base + g0 : g0) / kNoiseGroup;
+          const int64_t noise_row = kSlice ? p.row_base + row : row;
+          const float G = gumbel_from_bits(group_noise_bits(key, static_cast<uint32_t>(noise_row),
+                                                            static_cast<uint64_t>(noise_g)));
+          const float K = group_key(mg, Sg, G, p.key_scales.s);
+          const int64_t grp = g0 / kNoiseGroup;
+          if (K > t.best_y || (K == t.best_y && grp < t.best_col)) {
+            t.best_y = K;
+            t.best_col = grp;
+          }
+        }
+      }
       const float m_new = fmaxf(t.m, gmax);
       if (m_new != -INFINITY && m_new != INFINITY && m_new == m_new) {
         if (m_new > t.m && t.S > 0.f) {
@@ -187,39 +230,22 @@ __global__ void __launch_bounds__(kStatsThreads)
           t.S = r * t.S;
         }
         t.m = m_new;
+        if (p.shared) {
+          // z = w / s: the group's exps relative to m_g / s are the scores' own.
+          const float mgz = __fmul_rn(mg, p.inv_s);
+          if (have_group && mgz > -INFINITY) {
+            const float dd = fmaxf(mgz - t.m, kExpFloor);
+            const float r = expf(dd);
+            t.S += r * Sg;
+            t.A += r * (Ag + dd * Sg);
+          }
+        } else {
 #pragma unroll
-        for (int j = 0; j < 32; ++j) {
-          const float d = fmaxf(score(j) - t.m, kExpFloor);
-          const float e = expf(d);
-          t.S += e;
-          t.A += e * d;
-        }
-      }
-      if (p.sample) {
-        // The noise is at most kGumbelBound: skip groups that cannot win.
-        float reach = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < 32; ++j) reach = fmaxf(reach, __fmul_rn(xv[j], p.key_scales.c));
-        const float bound = t.best_y - fabsf(t.best_y) * 0x1p-20f;
-        if (__fadd_rn(reach, __fmul_rn(kGumbelBound, p.key_scales.s)) > bound) {
-          // The noise of the global column and row (the same as the virtual ones without kSlice).
-          const int64_t noise_g0 = kSlice ? p.col_base + g0 : g0;
-          const int64_t noise_row = kSlice ? p.row_base + row : row;
-          const uint32_t block0 = static_cast<uint32_t>((noise_g0 / kNoiseGroup) * kNoiseBlocksPerGroup);
-#pragma unroll
-          for (int b = 0; b < 8; ++b) {
-            const Philox4x32 w = noise_block(key, static_cast<uint32_t>(noise_row), block0 + b);
-#pragma unroll
-            for (int word = 0; word < 4; ++word) {
-              const int j = word * 8 + b;  // column offset inside the group (noise.h layout)
-              const float base = __fmul_rn(xv[j], p.key_scales.c);
-              const float y = __fadd_rn(base, __fmul_rn(gumbel_from_bits(w.v[word]), p.key_scales.s));
-              if (y > t.best_y || (y == t.best_y && g0 + j < t.best_col)) {
-                t.best_y = y;
-                t.best_col = g0 + j;
-                t.best_score = score(j);
-              }
-            }
+          for (int j = 0; j < 32; ++j) {
+            const float d = fmaxf(score(j) - t.m, kExpFloor);
+            const float e = expf(d);
+            t.S += e;
+            t.A += e * d;
           }
         }
       }
@@ -238,8 +264,40 @@ __global__ void __launch_bounds__(kStatsThreads)
   }
 }
 
+// The column sampled inside the winning group `grp` of a row (virtual columns
+// grp * 32 ..): y = x * c + g * s with the element noise of the global group,
+// the lowest column among the maxima. Writes the column's score to *zt.
+template <typename T, bool kSlice>
+__device__ int64_t sample_in_group(const T* __restrict__ x, int64_t grp, int64_t row, const StatsParams& p,
+                                   const NoiseKey& key, float* zt) {
+  const int64_t lead = kSlice ? p.lead : 0;
+  const int64_t noise_row = kSlice ? p.row_base + row : row;
+  const int64_t noise_g = (kSlice ? p.col_base / kNoiseGroup : 0) + grp;
+  float best = -INFINITY, best_x = -INFINITY;
+  int64_t best_c = -1;
+  for (int b = 0; b < 8; ++b) {
+    const Philox4x32 w = noise_block(key, static_cast<uint32_t>(noise_row),
+                                     static_cast<uint32_t>(noise_g * kNoiseBlocksPerGroup + b));
+#pragma unroll
+    for (int word = 0; word < 4; ++word) {
+      const int64_t c = grp * kNoiseGroup + word * 8 + b;  // noise.h layout
+      const float v = c < p.V && c >= lead ? to_float(x[c - lead]) : -INFINITY;
+      const float y = __fadd_rn(__fmul_rn(v, p.key_scales.c), __fmul_rn(gumbel_from_bits(w.v[word]), p.key_scales.s));
+      if (best_c < 0 || y > best || (y == best && c < best_c)) {
+        best = y;
+        best_c = c;
+        best_x = v;
+      }
+    }
+  }
+  *zt = p.tempered_scores ? __fmul_rn(best_x, p.inv_temperature) : best_x;
+  return best_c;
+}
+
 // One thread per row: merge the row's splits in order and write the outputs.
-__global__ void token_stats_merge_kernel(const StatsTuple* __restrict__ partial, const bool* __restrict__ active,
+template <typename T>
+__global__ void token_stats_merge_kernel(const T* __restrict__ logits, const int64_t* __restrict__ row_offset,
+                                         const StatsTuple* __restrict__ partial, const bool* __restrict__ active,
                                          StatsParams p, int64_t* __restrict__ token, float* __restrict__ confidence,
                                          float* __restrict__ margin, float* __restrict__ entropy) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -253,7 +311,8 @@ __global__ void token_stats_merge_kernel(const StatsTuple* __restrict__ partial,
   }
   StatsTuple t = partial[row * p.splits];
   for (int64_t s = 1; s < p.splits; ++s) t = combine(t, partial[row * p.splits + s]);
-  if (t.bad || !(t.m > -INFINITY)) {  // NaN, +inf, or only -inf: no distribution
+  if (t.bad || !(t.m > -INFINITY) || (p.sample && !(t.best_y > -INFINITY))) {
+    // NaN, +inf, or only -inf: no distribution
     token[row] = -1;
     confidence[row] = NAN;
     margin[row] = NAN;
@@ -261,8 +320,16 @@ __global__ void token_stats_merge_kernel(const StatsTuple* __restrict__ partial,
     return;
   }
   const double S = t.S, A = t.A, m = t.m;
-  const double token_score = p.sample ? static_cast<double>(t.best_score) : m;
-  token[row] = p.sample ? t.best_col : t.top1_col;
+  double token_score = m;
+  if (p.sample) {
+    const NoiseKey key = p.rng != nullptr ? make_noise_key(static_cast<uint64_t>(p.rng[0]), static_cast<uint64_t>(p.rng[1]))
+                                          : p.key;
+    float zt;
+    token[row] = sample_in_group<T, false>(logits + row_offset[row], t.best_col, row, p, key, &zt);
+    token_score = zt;
+  } else {
+    token[row] = t.top1_col;
+  }
   confidence[row] = static_cast<float>(exp(token_score - m) / S);
   margin[row] = static_cast<float>((1.0 - exp(static_cast<double>(t.top2) - m)) / S);
   const double h = log(S) - A / S;
@@ -273,7 +340,9 @@ __global__ void token_stats_merge_kernel(const StatsTuple* __restrict__ partial,
 // writes its eight fields, float32 [rows, 8] (MAX, SUM, ENT, SECOND, KEY, TOKEN,
 // TOKEN_SCORE, INVALID; dmkernels/reference/token_stats_partial.py). Columns in
 // the tuples are virtual: global = p.col_base + column.
-__global__ void token_stats_partial_finish_kernel(const StatsTuple* __restrict__ partial,
+template <typename T>
+__global__ void token_stats_partial_finish_kernel(const T* __restrict__ logits, const int64_t* __restrict__ row_offset,
+                                                  const StatsTuple* __restrict__ partial,
                                                   const bool* __restrict__ active, StatsParams p,
                                                   float* __restrict__ out) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -298,17 +367,23 @@ __global__ void token_stats_partial_finish_kernel(const StatsTuple* __restrict__
     o[7] = 1.f;
     return;
   }
-  // At T = 0 the token maximises x (= the score z), else the perturbed value.
+  // At T = 0 the token maximises x (= the score z), else the group key.
   const float key = p.sample ? t.best_y : t.top1;
-  const int64_t col = p.sample ? t.best_col : t.top1_col;
   const bool has = key > -INFINITY;
+  int64_t col = t.top1_col;
+  float zt = t.top1;
+  if (p.sample && has) {
+    const NoiseKey nkey = p.rng != nullptr ? make_noise_key(static_cast<uint64_t>(p.rng[0]), static_cast<uint64_t>(p.rng[1]))
+                                           : p.key;
+    col = sample_in_group<T, true>(logits + row_offset[row], t.best_col, row, p, nkey, &zt);
+  }
   o[0] = t.m;
   o[1] = t.S;  // 0 for an all -inf slice (combine, and no sums while m = -inf)
   o[2] = t.A;
   o[3] = t.top2;
   o[4] = key;
   o[5] = has ? static_cast<float>(p.col_base + col) : -1.f;
-  o[6] = has ? (p.sample ? t.best_score : t.top1) : -INFINITY;
+  o[6] = has ? zt : -INFINITY;
   o[7] = 0.f;
 }
 

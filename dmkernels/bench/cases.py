@@ -3,9 +3,14 @@
 Inputs. Logits are ``randn * 4`` (cast to the case's dtype): a spread of a few
 nats like an LM head's, top probabilities from 3% to 95% (median 15% at
 V = 126464), and a random order within each row, so a one-pass kernel's running maximum moves about log(V)
-times per row, as on real rows; for the kernels the cost depends on the bytes,
-not the values. Every position is masked (a generation's first step, the
-largest one). Selection cases use a [8, 1024] canvas with about half the
+times per row, as on real rows. The token_stats cases also run on three other
+kinds of rows (``Case.logits``, :func:`make_logits`), because sampling's cost
+can depend on the values: ``randn1`` (flat rows, nothing to skip),
+``peaked`` (LM-like: each row a Zipf profile at its own temperature, most of the
+mass on a few tokens; :func:`logits_profile` prints its mean top probability
+and entropy) and ``neginf`` (``randn * 4`` with a third of the entries and the
+last eighth of the vocabulary at -inf, like masked or padded vocabularies).
+Every position is masked (a generation's first step, the largest one). Selection cases use a [8, 1024] canvas with about half the
 positions masked and distinct scores (a permutation), so rankings have no ties
 and both sides must choose the same positions.
 
@@ -39,6 +44,58 @@ def random_logits(shape, dtype, device) -> torch.Tensor:
     return logits if dtype == torch.float32 else logits.to(dtype)
 
 
+#: Row temperatures of the peaked rows: p_j ~ rank_j ** (-1 / t), a Zipf law
+#: with exponent 1 / t in [2, 5] (top probability about 0.6 to 0.96).
+PEAKED_T = (0.2, 0.5)
+_CHUNK_ROWS = 64  # rows built at a time: the permutations stay small
+
+
+def make_logits(shape, dtype, device, kind: str = "randn4") -> torch.Tensor:
+    """Logits of one kind (module docstring), in ``dtype``, on ``device``.
+
+    ``peaked``: row i gets a random order of the ranks 1..V and the logits
+    ``-log(rank) / t_i`` with ``t_i`` uniform in :data:`PEAKED_T` (its own
+    temperature), i.e. ``softmax`` is the Zipf law ``rank ** (-1 / t_i)``; the
+    generator is seeded, so every run builds the same rows."""
+    if kind == "randn4":
+        return random_logits(shape, dtype, device)
+    V = shape[-1]
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    gen = torch.Generator().manual_seed(7)
+    out = torch.empty(rows, V, dtype=dtype, device=device)
+    for r0 in range(0, rows, _CHUNK_ROWS):
+        n = min(_CHUNK_ROWS, rows - r0)
+        if kind == "randn1":
+            x = torch.randn(n, V, generator=gen)
+        elif kind == "peaked":
+            rank = torch.rand(n, V, generator=gen).argsort(-1).add_(1).float()
+            t = torch.empty(n, 1).uniform_(*PEAKED_T, generator=gen)
+            x = rank.log_().neg_().div_(t)
+        elif kind == "neginf":
+            x = torch.randn(n, V, generator=gen).mul_(4.0)
+            x[torch.rand(n, V, generator=gen) < 1 / 3] = float("-inf")
+            x[:, V - V // 8:] = float("-inf")
+        else:
+            raise ValueError(f"unknown logits kind {kind!r}")
+        out[r0:r0 + n] = x.to(dtype)
+    return out.reshape(shape)
+
+
+def logits_profile(logits: torch.Tensor) -> dict:
+    """Mean top probability and mean entropy (nats) of ``softmax(logits)`` rows,
+    computed a few rows at a time."""
+    x = logits.reshape(-1, logits.shape[-1])
+    top = ent = 0.0
+    for r0 in range(0, x.shape[0], _CHUNK_ROWS):
+        logp = torch.log_softmax(x[r0:r0 + _CHUNK_ROWS].float(), -1)
+        p = logp.exp()
+        top += float(p.max(-1).values.sum())
+        ent += float(torch.special.entr(p).sum())
+    return {"mean_top_probability": top / max(1, x.shape[0]), "mean_entropy": ent / max(1, x.shape[0])}
+
+
 @dataclass
 class Case:
     """One benchmark: ours against a baseline on one input.
@@ -55,6 +112,7 @@ class Case:
     dtype: torch.dtype = torch.float32
     temperature: float = 0.0
     large: bool = False
+    logits: str = "randn4"  # the kind of rows (make_logits)
     inputs: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -69,6 +127,10 @@ class Case:
 
     def setup(self, device: torch.device | str = "cpu") -> None:
         self.inputs = self._build(torch.device(device))
+        if self.logits != "randn4" and "logits" in self.inputs:
+            profile = logits_profile(self.inputs["logits"])
+            print(f"{self.name}: {self.logits} logits, mean top probability "
+                  f"{profile['mean_top_probability']:.3g}, mean entropy {profile['mean_entropy']:.3g} nats")
 
     def teardown(self) -> None:
         self.inputs = {}
@@ -106,7 +168,7 @@ class TokenStatsCase(Case):
     ``dream_step`` (Dream scores the tempered distribution: ``tempered_scores=True``)."""
 
     def _build(self, device):
-        logits = random_logits(self.shape, self.dtype, device)
+        logits = make_logits(self.shape, self.dtype, device, self.logits)
         mask = torch.ones(self.shape[:-1], dtype=torch.bool, device=device)
         argmax = torch.argmax(logits, dim=-1) if self.temperature == 0 else None
         return {"logits": logits, "mask": mask, "argmax": argmax}
@@ -144,7 +206,7 @@ class LLaDAStepCase(Case):
 
     def _build(self, device):
         B, L, _ = self.shape
-        logits = random_logits(self.shape, self.dtype, device)
+        logits = make_logits(self.shape, self.dtype, device, self.logits)
         canvas = torch.full((B, L), LLADA_MASK_ID, dtype=torch.int64, device=device)
         num_transfer = torch.full((B,), self.commit_per_row, dtype=torch.int64, device=device)
         argmax = torch.argmax(logits, dim=-1) if self.temperature == 0 else None
@@ -261,13 +323,55 @@ def _groups(canvas: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class EditCase(Case):
+    """``edit_`` (token editing) on a [B, W] block against LLaDA2.1's editing
+    statement, which builds the edit mask with PyTorch ops and writes it through
+    boolean-mask indexing (``x[edit] = x0[edit]``: a host sync per step). About a
+    third of the block is editable, half of the proposals differ, confidences
+    are spread over [0, 1) around the threshold."""
+
+    threshold: float = 0.9
+
+    def _build(self, device):
+        B, W = self.shape
+        gen = torch.Generator().manual_seed(0)
+        canvas = torch.randint(0, LLADA_MASK_ID, (B, W), generator=gen)
+        token = torch.where(torch.rand(B, W, generator=gen) < 0.5, canvas,
+                            torch.randint(0, LLADA_MASK_ID, (B, W), generator=gen))
+        confidence = torch.rand(B, W, generator=gen)
+        editable = torch.rand(B, W, generator=gen) < 1 / 3
+        inputs = {"canvas": canvas, "token": token, "confidence": confidence, "editable": editable}
+        inputs = {name: t.to(device) for name, t in inputs.items()}
+        expected = inputs["canvas"].clone()
+        reference.edit_reference(expected, inputs["token"], inputs["confidence"], inputs["editable"], self.threshold)
+        inputs["expected"] = expected
+        return inputs
+
+    def run_ours(self):
+        i = self.inputs
+        x = i["canvas"].clone()
+        dmkernels.edit_(x, i["token"], i["confidence"], i["editable"], self.threshold)
+        return x
+
+    def run_baseline(self):
+        i = self.inputs
+        x = i["canvas"].clone()
+        edit = (i["confidence"] > self.threshold) & i["editable"] & (i["token"] != x)
+        x[edit] = i["token"][edit]
+        return x
+
+    def mismatch(self, side, out):
+        return _compare("canvas after edit", out, self.inputs["expected"])
+
+
+@dataclass
 class TokenStatsPartialCase(Case):
     """``token_stats_partial`` of one tensor-parallel rank's vocabulary slice (the
     second half of LLaDA's vocabulary) against the PyTorch reference of the same op
     (there is no public baseline: the public samplers gather the whole logits)."""
 
     def _build(self, device):
-        logits = random_logits(self.shape, self.dtype, device)
+        logits = make_logits(self.shape, self.dtype, device, self.logits)
         return {"logits": logits, "vocab_start": LLADA_VOCAB - self.shape[-1],
                 "argmax": torch.argmax(logits, dim=-1) + (LLADA_VOCAB - self.shape[-1])}
 
@@ -286,18 +390,80 @@ class TokenStatsPartialCase(Case):
         return _tokens_in_range(token.to(torch.int64), LLADA_VOCAB)
 
 
-def _name(kind: str, shape, dtype, temperature) -> str:
-    return f"{kind}/{'x'.join(map(str, shape))}/{_SHORT_DTYPE[dtype]}/T{temperature:g}"
+@dataclass
+class SamplingCostCase(TokenStatsCase):
+    """What sampling costs over the argmax: ``token_stats`` at T > 0 against
+    ``token_stats`` at T = 0 on the same logits (ratio = T0 time / T time, so 0.8
+    means sampling takes 1.25x the argmax). ``tempered`` picks which distribution
+    the scores describe: True (or T = 1) is one distribution per element, False
+    at T != 1 two."""
+
+    tempered: bool = False
+
+    def run_ours(self):
+        return dmkernels.token_stats(self.inputs["logits"], temperature=self.temperature, seed=SEED,
+                                     tempered_scores=self.tempered)
+
+    def run_baseline(self):
+        return dmkernels.token_stats(self.inputs["logits"], temperature=0.0)
+
+    def mismatch(self, side, out):
+        if side == "ours":
+            return _tokens_in_range(out.token, self.shape[-1])
+        return _compare("tokens", out.token, torch.argmax(self.inputs["logits"], dim=-1))
 
 
-def _token_stats_case(baseline, shape, dtype=torch.float32, temperature=0.0, large=False):
-    return TokenStatsCase(_name(baseline, shape, dtype, temperature), "token_stats", baseline, shape, dtype,
-                          temperature, large)
+def _name(kind: str, shape, dtype, temperature, logits: str = "randn4") -> str:
+    base = f"{kind}/{'x'.join(map(str, shape))}/{_SHORT_DTYPE[dtype]}/T{temperature:g}"
+    return base if logits == "randn4" else f"{base}/{logits}"  # the randn * 4 names stay as they were
 
 
-def _llada_case(shape, temperature, large=False):
-    return LLaDAStepCase(_name("llada_step", shape, torch.float32, temperature),
-                         "token_stats+select_topk+commit_", "llada_step", shape, torch.float32, temperature, large)
+def _token_stats_case(baseline, shape, dtype=torch.float32, temperature=0.0, large=False, logits="randn4"):
+    return TokenStatsCase(_name(baseline, shape, dtype, temperature, logits), "token_stats", baseline, shape, dtype,
+                          temperature, large, logits)
+
+
+def _llada_case(shape, temperature, large=False, logits="randn4"):
+    return LLaDAStepCase(_name("llada_step", shape, torch.float32, temperature, logits),
+                         "token_stats+select_topk+commit_", "llada_step", shape, torch.float32, temperature, large,
+                         logits)
+
+
+LOGITS_KINDS = ("randn4", "randn1", "peaked", "neginf")
+#: The sampling-cost shape: the dLLM case of 256 positions over LLaDA's vocabulary.
+SAMPLING_SHAPE = (1, 256, LLADA_VOCAB)
+
+
+def sampling_cost_cases() -> list[Case]:
+    """token_stats at T > 0 against T = 0, float32 and bf16, every kind of rows:
+    T = 1 and T = 0.7 with tempered scores (one distribution), T = 0.7 untempered (two)."""
+    out = []
+    for logits in LOGITS_KINDS:
+        for dtype in (torch.float32, torch.bfloat16):
+            for T, tempered in ((1.0, False), (0.7, True), (0.7, False)):
+                kind = "sampling_cost_tempered" if tempered else "sampling_cost"
+                out.append(SamplingCostCase(_name(kind, SAMPLING_SHAPE, dtype, T, logits), "token_stats",
+                                            "token_stats_T0", SAMPLING_SHAPE, dtype, T, True, logits,
+                                            tempered=tempered))
+    return out
+
+
+def _with_other_logits(cases: list[Case]) -> list[Case]:
+    """Each token_stats case again on the other kinds of rows (randn1, peaked, neginf)."""
+    out = []
+    for case in cases:
+        for logits in LOGITS_KINDS[1:]:
+            if isinstance(case, LLaDAStepCase):
+                if not case.large:  # the float64 LLaDA step takes a minute at the large shapes
+                    out.append(_llada_case(case.shape, case.temperature, case.large, logits))
+            elif isinstance(case, TokenStatsPartialCase):
+                out.append(TokenStatsPartialCase(
+                    _name("token_stats_partial", case.shape, case.dtype, case.temperature, logits), case.op,
+                    case.baseline, case.shape, case.dtype, case.temperature, case.large, logits))
+            elif isinstance(case, TokenStatsCase):
+                out.append(_token_stats_case(case.baseline, case.shape, case.dtype, case.temperature, case.large,
+                                             logits))
+    return out
 
 
 def _select_case(rule, baseline, parameter):
@@ -306,8 +472,23 @@ def _select_case(rule, baseline, parameter):
                             rule=rule, parameter=parameter)
 
 
+def every_case() -> list[Case]:
+    """:func:`all_cases`, then the token_stats cases on the other kinds of rows
+    (:func:`logits_variant_cases`) and the sampling-cost cases: what
+    ``python -m dmkernels.bench`` and the pytest benchmarks run."""
+    return all_cases() + logits_variant_cases() + sampling_cost_cases()
+
+
+def logits_variant_cases() -> list[Case]:
+    """Each token_stats case of :func:`all_cases` on the other kinds of rows
+    (randn1, peaked, neginf), small ones first."""
+    variants = _with_other_logits(all_cases())
+    return [c for c in variants if not c.large] + [c for c in variants if c.large]
+
+
 def all_cases() -> list[Case]:
-    """Every case, small ones first (fresh objects, no inputs built yet)."""
+    """Every case on ``randn * 4`` logits, small ones first (fresh objects, no
+    inputs built yet): the set the GPU check times and summarises."""
     small_llada, small_bf16 = (2, 32, LLADA_VOCAB), (4, 64, 32000)
     return [
         _token_stats_case("eager_float32_stats", small_llada),
@@ -321,8 +502,12 @@ def all_cases() -> list[Case]:
         _select_case("factor", "factor_transfer", 1.0),
         _select_case("entropy_bounded", "entropy_bounded_transfer", 1.0),
         _select_case("group", "reference", 2),
+        EditCase("edit/8x32", "edit_", "llada21_edit", (8, 32)),
+        EditCase("edit/8x1024", "edit_", "llada21_edit", (8, 1024)),
         TokenStatsPartialCase(_name("token_stats_partial", (2, 32, LLADA_VOCAB // 2), torch.bfloat16, 0.0),
                               "token_stats_partial", "reference", (2, 32, LLADA_VOCAB // 2), torch.bfloat16),
+        TokenStatsPartialCase(_name("token_stats_partial", (2, 32, LLADA_VOCAB // 2), torch.bfloat16, 1.0),
+                              "token_stats_partial", "reference", (2, 32, LLADA_VOCAB // 2), torch.bfloat16, 1.0),
         # LLaDA-size logits: 0.52 GB ([1, 1024]) and 1.04 GB ([8, 256]) of float32;
         # LLaDA's float64 step takes 5-60 s and up to 10 GB, so it runs once.
         _llada_case((1, 1024, LLADA_VOCAB), 0.0, large=True),
@@ -338,4 +523,4 @@ def all_cases() -> list[Case]:
 def select_cases(*, quick: bool = False, name_filter: str | None = None) -> list[Case]:
     """The cases to run: without the large ones when ``quick``, and only names
     containing ``name_filter`` when given."""
-    return [c for c in all_cases() if not (quick and c.large) and (not name_filter or name_filter in c.name)]
+    return [c for c in every_case() if not (quick and c.large) and (not name_filter or name_filter in c.name)]

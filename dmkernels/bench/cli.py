@@ -7,8 +7,9 @@ tools can import it without importing ``__main__``.
 Usage: ``python -m dmkernels.bench [quality] [--quick] [--e2e] [--distributed] [--json PATH] [--filter SUBSTR] [--device cpu|cuda]``
 
 Times every case of dmkernels/bench/cases.py (ours and its baseline), measures
-the peak memory each side allocates, checks both outputs, and prints one row per
-case; then the end-to-end cases of dmkernels/bench/e2e.py (whole generations of
+the peak memory each side allocates and, for cases with logits, one plain read
+of them (``bandwidth_fraction``: ours against that read, same run), checks both
+outputs, and prints one row per case; then the end-to-end cases of dmkernels/bench/e2e.py (whole generations of
 the drop-in samplers against their eager counterparts). ``--distributed`` runs
 only dmkernels/bench/distributed.py (vocabulary-parallel statistics against
 gathering the logits, over gloo processes). Exits with status 1 when an output
@@ -31,7 +32,7 @@ from dmkernels.bench.cases import Case, select_cases
 _DESCRIPTION = next(p for p in __doc__.split("\n\n") if p.startswith("Times every case"))
 
 _COLUMNS = (
-    ("case", 44), ("ours ms", 10), ("base ms", 10), ("ratio", 8), ("GB/s", 7),
+    ("case", 44), ("ours ms", 10), ("base ms", 10), ("ratio", 8), ("GB/s", 7), ("read", 6), ("frac", 5),
     ("ours peak MB (%)", 18), ("base peak MB (%)", 18), ("check", 6),
 )
 
@@ -60,6 +61,9 @@ def run_case(case: Case, device: torch.device, budget_s: float) -> dict:
         ours, ours_out = measure.time_call(case.run_ours, device, budget_s=budget_s)
         problems = [case.mismatch("ours", ours_out)]
         del ours_out
+        # The read bandwidth of the same logits, measured next to ours.
+        read = (measure.read_gbps(case.inputs["logits"], device, budget_s=min(budget_s, 0.5))
+                if case.logits_bytes and "logits" in case.inputs else None)
         ours_peak = measure.peak_extra_bytes(case.run_ours, device)
         base, base_out = measure.time_call(case.run_baseline, device, budget_s=budget_s)
         problems.append(case.mismatch("baseline", base_out))
@@ -69,6 +73,7 @@ def run_case(case: Case, device: torch.device, budget_s: float) -> dict:
         case.teardown()
         gc.collect()
     problems = [f"{side}: {p}" for side, p in zip(("ours", "baseline"), problems) if p]
+    gbps = case.logits_bytes / ours.median_s / 1e9 if case.logits_bytes else None
     return {
         "case": case.name,
         "op": case.op,
@@ -81,7 +86,9 @@ def run_case(case: Case, device: torch.device, budget_s: float) -> dict:
         "baseline_median_us": base.median_s * 1e6,
         "baseline_repeats": base.repeats,
         "ratio": base.median_s / ours.median_s,
-        "gbps": case.logits_bytes / ours.median_s / 1e9 if case.logits_bytes else None,
+        "gbps": gbps,
+        "read_gbps": read,
+        "bandwidth_fraction": gbps / read if read else None,
         "peak_extra_bytes": ours_peak,
         "baseline_peak_extra_bytes": base_peak,
         "logits_bytes": case.logits_bytes,
@@ -155,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run_op_cases(cases: list[Case], device: torch.device, name: str, threads: int, quick: bool):
     """The op cases: one row each; returns (records, failed records)."""
     print("time: median of N calls after warm-up (N = 1 for calls over 2 s); ratio = base / ours; "
-          "GB/s = logits bytes / ours time; peak = extra memory of one call (% of the logits)")
+          "GB/s = logits bytes / ours time; read = GB/s of one plain read of the same logits (sum or amax as "
+          "float32, this run); frac = GB/s / read; peak = extra memory of one call (% of the logits)")
     print(_row(c for c, _ in _COLUMNS))
     records, started = [], time.perf_counter()
     for case in cases:
@@ -168,6 +176,8 @@ def _run_op_cases(cases: list[Case], device: torch.device, name: str, threads: i
             _ms(record["baseline_median_us"] / 1e6),
             f"{record['ratio']:.1f}x",
             f"{record['gbps']:.2f}" if record["gbps"] is not None else "-",
+            f"{record['read_gbps']:.1f}" if record["read_gbps"] is not None else "-",
+            f"{record['bandwidth_fraction']:.2f}" if record["bandwidth_fraction"] is not None else "-",
             _memory(record["peak_extra_bytes"], case.logits_bytes),
             _memory(record["baseline_peak_extra_bytes"], case.logits_bytes),
             "ok" if record["check"] == "ok" else "FAIL",

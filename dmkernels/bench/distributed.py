@@ -48,7 +48,7 @@ def _worker(rank: int, world: int, init_file: str, rows_list: list[int], repeats
 
     records = []
     try:
-        width = -(-VOCAB // world)  # ceil: the last slice is shorter
+        width = -(-VOCAB // (32 * world)) * 32  # ceil, whole noise groups: the last slice is shorter
         start, end = rank * width, min(VOCAB, (rank + 1) * width)
         for rows in rows_list:
             g = torch.Generator().manual_seed(rows)

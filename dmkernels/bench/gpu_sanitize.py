@@ -82,9 +82,11 @@ def own_calls(device: torch.device) -> list[tuple[str, str, tuple]]:
         ("token_stats", "bf16 T=0 no rows [0,11]", (_logits((0, 11), torch.bfloat16, g, device), 0.0, 0, 0, False,
                                                     None)),
         ("token_stats_partial", "f32 T=0 [3,5,37]", (base, 0.0, 0, 0, False, None, None, 0, 0)),
-        ("token_stats_partial", "bf16 T=0.7 tempered positions start 45 rows+7 [2,3,9001]",
-         (wide, 0.7, 3, 2, True, positions, None, 45, 7)),
-        ("token_stats_partial", "f16 T=0.5 rng start 100 [7,1031]", (long_rows, 0.5, 2, 1, False, None, rng, 100, 0)),
+        # Sampling slices start on a noise group (a multiple of 32); argmax slices anywhere.
+        ("token_stats_partial", "bf16 T=0.7 tempered positions start 64 rows+7 [2,3,9001]",
+         (wide, 0.7, 3, 2, True, positions, None, 64, 7)),
+        ("token_stats_partial", "bf16 T=0 start 45 rows+7 [2,3,9001]", (wide, 0.0, 3, 2, False, positions, None, 45, 7)),
+        ("token_stats_partial", "f16 T=0.5 rng start 96 [7,1031]", (long_rows, 0.5, 2, 1, False, None, rng, 96, 0)),
         ("token_stats_partial", "f32 T=1 row stride 37 start 64", (strided, 1.0, 1, 0, False, None, None, 64, 3)),
     ]
 

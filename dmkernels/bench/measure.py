@@ -155,6 +155,22 @@ def peak_extra_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
     return max(0, peak - before)
 
 
+def read_gbps(tensor: torch.Tensor, device: torch.device, *, budget_s: float = 0.5) -> float:
+    """One plain pass of reads over ``tensor``'s bytes, in GB/s: the faster of
+    ``torch.sum`` and ``torch.amax`` over them viewed as float32 (bf16 / fp16 data
+    too, so that the pass runs at float32 speed: their own reductions convert
+    every element and are not bound by memory), each timed like the cases
+    (:func:`time_call`, median). The denominator of the benchmarks'
+    ``bandwidth_fraction``, measured in the same run as the case it divides."""
+    flat = tensor.reshape(-1)
+    if flat.is_contiguous() and (flat.numel() * flat.element_size()) % 4 == 0:
+        flat = flat.view(torch.uint8).view(torch.float32)
+    nbytes = tensor.numel() * tensor.element_size()
+    best = min(time_call(fn, device, budget_s=budget_s)[0].median_s
+               for fn in (lambda: torch.sum(flat), lambda: torch.amax(flat)))
+    return nbytes / best / 1e9
+
+
 def device_name(device: torch.device) -> str:
     """GPU name, or the CPU model from /proc/cpuinfo."""
     if device.type == "cuda":

@@ -5,6 +5,7 @@ API in dmkernels.ops falls back to them.
 """
 from .commit import commit_reference
 from .dilated import dilated_groups_reference, dilated_strides, select_group_reference
+from .edit import edit_reference
 from .noise import gumbel_noise, noise_bits, philox4x32_10
 from .select_entropy_bounded import select_entropy_bounded_reference
 from .select_factor import select_factor_reference
@@ -17,6 +18,7 @@ __all__ = [
     "commit_reference",
     "dilated_groups_reference",
     "dilated_strides",
+    "edit_reference",
     "gumbel_noise",
     "inverse_temperature",
     "noise_bits",

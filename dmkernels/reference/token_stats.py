@@ -2,8 +2,9 @@
 
 Ground truth for the kernels. The scores are exact float64 functions of the
 (float32-converted) logits; the sampled token uses the float32 arithmetic every
-backend shares (``x * float32(1/T) + g``, see csrc/common/noise.h) so that tokens
-match bit for bit. It allocates several copies of the logits: it is for tests and
+backend shares (hierarchical Gumbel-max over noise groups of 32 columns on
+``x * c``, see csrc/common/noise.h and ``noise.hierarchical_sample``) so that
+tokens match bit for bit. It allocates several copies of the logits: it is for tests and
 for the no-extension fallback, not for speed.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .._checks import MIN_TEMPERATURE  # noqa: F401  (the smallest T > 0 the ops accept; defined once)
-from .noise import gumbel_noise
+from .noise import hierarchical_sample
 
 
 class TokenStats(NamedTuple):
@@ -69,7 +70,8 @@ def token_stats_reference(
     if sample:
         rows = torch.arange(R, device=x.device)
         c, s = key_scales(inv_t)
-        token = torch.argmax(x * c + gumbel_noise(seed, offset, rows, V) * s, dim=-1)
+        token, _ = hierarchical_sample(x, c, s, seed, offset, rows)
+        token = token.clamp(min=0)  # -1 (no finite key) only where the row is invalid below
     else:
         token = torch.argmax(x, dim=-1)
 

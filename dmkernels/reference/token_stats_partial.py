@@ -10,9 +10,11 @@ exactly what ``token_stats`` gives on the whole row:
   2 ENT     A = sum exp(z - m) (z - m)
   3 SECOND  second-largest z, counted with multiplicity (two equal maxima: SECOND = m)
   4 KEY     what the token maximises: the largest x at T = 0, else the largest
-            perturbed value x * c + g * s (csrc/common/noise.h) with g the noise
-            of the GLOBAL column, so the draw does not depend on how the
-            vocabulary is cut
+            group key K_g of the hierarchical Gumbel-max (csrc/common/noise.h):
+            the slice's winning noise group, whose noise is that of the GLOBAL
+            group and columns, so the draw does not depend on how the vocabulary
+            is cut. At T > 0 slices start on a group edge (vocab_start % 32 == 0,
+            checked), so every group is whole in one slice
   5 TOKEN   global column of KEY (the lowest on ties), as a float (exact below 2^24)
   6 TOKEN_SCORE  z of that column
   7 INVALID 1 if the slice holds a NaN or a +inf logit (or a +inf tempered
@@ -27,12 +29,14 @@ A = sum_k exp(m_k - M) (A_k + (m_k - M) S_k) (the rescaling of
 csrc/cpu/token_stats.cpp), the token is the lowest TOKEN among the slices whose
 KEY is the largest, and the global second value is the largest of every SECOND
 and of every MAX but the winner's (so maxima tied across slices give margin 0).
+At T > 0 the slice with the largest group key holds the winning group, and its
+TOKEN is the column sampled inside it, so the same rule picks the token.
 """
 from __future__ import annotations
 
 import torch
 
-from .noise import gumbel_noise
+from .noise import GROUP, hierarchical_sample
 from .token_stats import TokenStats, inverse_temperature, key_scales
 
 MAX, SUM, ENT, SECOND, KEY, TOKEN, TOKEN_SCORE, INVALID = range(8)
@@ -78,13 +82,13 @@ def token_stats_partial_reference(
     second = z.topk(2, dim=-1).values[:, 1] if V > 1 else torch.full_like(m, float("-inf"))
 
     if sample:
+        # vocab_start % 32 == 0 (checked): the slice's groups are global groups.
         rows = torch.arange(R, device=x.device) + row_offset
-        g = gumbel_noise(seed, offset, rows, vocab_start + V)[:, vocab_start:]
         c, s = key_scales(inv_t)
-        y = x * c + g * s
+        col, key = hierarchical_sample(x, c, s, seed, offset, rows, vocab_start // GROUP)
+        col = col.clamp(min=0)
     else:
-        y = x
-    key, col = y.max(-1)  # torch.max returns the first maximal index
+        key, col = x.max(-1)  # torch.max returns the first maximal index
     token_score = z.gather(-1, col[:, None]).squeeze(-1)
     has_key = key > float("-inf")
 

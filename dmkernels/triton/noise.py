@@ -11,6 +11,12 @@ Layout: column ``c`` of row ``r`` takes word ``(c // 8) % 4`` of the Philox bloc
 ``(c // 32) * 8 + c % 8``. A tile of whole noise groups is handled as a
 ``[G, 4, 8]`` tensor (group, word, lane) whose row-major order is the column
 order, so one Philox call per (group, lane) serves the four words of the tile.
+
+The hierarchical sampler of token_stats (noise.h, "Hierarchical Gumbel-max")
+adds ``exp_f32`` (with ``tl.fma`` where the spec fuses: one rounding, also in
+the interpreter), ``group_sum32`` (the halving tree written out as sums over
+axes of size 2, which are order-free) and ``group_gumbel`` (the group stream:
+counter word 0 with its top bit set).
 """
 from __future__ import annotations
 
@@ -38,6 +44,21 @@ SQRT2_F32: tl.constexpr = tl.constexpr(1.41421353816986083984375)
 
 # Largest Gumbel value the mapping can produce is 16.64 (noise.h kGumbelBound).
 GUMBEL_BOUND: tl.constexpr = tl.constexpr(17.0)
+# Largest K_g - m_g in units of s (noise.h kGroupKeyBound).
+GROUP_KEY_BOUND: tl.constexpr = tl.constexpr(21.0)
+GROUP_STREAM: tl.constexpr = tl.constexpr(0x80000000)
+
+# exp_f32 (noise.h), float32 values.
+LOG2E_F32: tl.constexpr = tl.constexpr(1.4426950216293335)
+EXP_ROUND: tl.constexpr = tl.constexpr(12582912.0)
+EXP_C1: tl.constexpr = tl.constexpr(0.693359375)
+EXP_C2: tl.constexpr = tl.constexpr(-0.00021219444170128554)
+EXP_FLUSH: tl.constexpr = tl.constexpr(-86.0)
+EXP_Q1: tl.constexpr = tl.constexpr(0.4999999403953552)
+EXP_Q2: tl.constexpr = tl.constexpr(0.16666431725025177)
+EXP_Q3: tl.constexpr = tl.constexpr(0.04166799411177635)
+EXP_Q4: tl.constexpr = tl.constexpr(0.008374135009944439)
+EXP_Q5: tl.constexpr = tl.constexpr(0.0013843962224200368)
 
 
 @triton.jit
@@ -94,6 +115,52 @@ def gumbel(bits):
 
 
 @triton.jit
+def exp_f32(d):
+    """noise.h's exp_f32 of float32 d <= 0: the same operations in the same order
+    (tl.fma where the header has DMK_FMA). A NaN d stays NaN (the comparison is false)."""
+    d = tl.where(d < EXP_FLUSH, EXP_FLUSH, d)
+    t = tl.fma(d, LOG2E_F32, EXP_ROUND)
+    n = t - EXP_ROUND
+    r = tl.fma(-n, EXP_C1, d)
+    r = tl.fma(-n, EXP_C2, r)
+    q = tl.full(d.shape, EXP_Q5, tl.float32)
+    q = tl.fma(q, r, EXP_Q4)
+    q = tl.fma(q, r, EXP_Q3)
+    q = tl.fma(q, r, EXP_Q2)
+    q = tl.fma(q, r, EXP_Q1)
+    q = tl.fma(q, r, 1.0)
+    p = tl.fma(r, q, 1.0)
+    sbits = (t.to(tl.int32, bitcast=True) + (127 - 0x4B400000)) << 23
+    return p * sbits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def group_sum32(e, G: tl.constexpr):
+    """noise.h's group_sum32 of each row of e [G, 32]: a[k] + a[k + h] for h = 16 .. 1,
+    each level a sum over an axis of size 2 (one add, order-free). Returns [G]."""
+    e = tl.sum(tl.reshape(e, [G, 2, 16]), axis=1)
+    e = tl.sum(tl.reshape(e, [G, 2, 8]), axis=1)
+    e = tl.sum(tl.reshape(e, [G, 2, 4]), axis=1)
+    e = tl.sum(tl.reshape(e, [G, 2, 2]), axis=1)
+    e = tl.sum(tl.reshape(e, [G, 2, 1]), axis=1)
+    return tl.reshape(e, [G])
+
+
+@triton.jit
+def group_gumbel(groups, row, seed_lo, seed_hi, offset_lo, offset_hi):
+    """Gumbel of noise groups ``groups`` (int tensor) of ``row``: the group stream of
+    noise.h, block GROUP_STREAM | ((g // 32) * 8 + g % 8), word (g // 8) % 4."""
+    g = groups.to(tl.int64)
+    block = ((g // 32) * 8 + g % 8 + GROUP_STREAM).to(tl.uint32)
+    word = (g // 8) % 4
+    c1 = tl.zeros_like(block) + row.to(tl.uint32)
+    c2 = tl.zeros_like(block) + offset_lo.to(tl.uint32)
+    c3 = tl.zeros_like(block) + offset_hi.to(tl.uint32)
+    w0, w1, w2, w3 = philox4x32_10(block, c1, c2, c3, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
+    return gumbel(tl.where(word == 0, w0, tl.where(word == 1, w1, tl.where(word == 2, w2, w3))))
+
+
+@triton.jit
 def noise_bits_tile(group0, G: tl.constexpr, row, seed_lo, seed_hi, offset_lo, offset_hi):
     """uint32 noise words of the [G, 4, 8] tile of columns ``group0 * 32 + arange(G * 32)``
     of ``row`` (row-major order = column order). ``group0`` is the first noise group."""
@@ -136,4 +203,49 @@ def gumbel_noise(seed: int, offset: int, rows: int, num_columns: int, device="cp
         _gumbel_noise_kernel[(rows, triton.cdiv(num_columns, BLOCK_V))](
             out, num_columns, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK_V=BLOCK_V, enable_fp_fusion=False
         )
+    return out
+
+
+@triton.jit
+def _exp_kernel(d_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + i, exp_f32(tl.load(d_ptr + i, mask=i < n, other=0.0)), mask=i < n)
+
+
+@triton.jit
+def _group_sum_kernel(e_ptr, out_ptr, G: tl.constexpr):
+    k = tl.arange(0, G)[:, None] * 32 + tl.arange(0, 32)[None, :]
+    tl.store(out_ptr + tl.arange(0, G), group_sum32(tl.load(e_ptr + k), G))
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi", "row"])
+def _group_gumbel_kernel(out_ptr, n, row, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr):
+    g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + g, group_gumbel(g, row, seed_lo, seed_hi, offset_lo, offset_hi), mask=g < n)
+
+
+def exp_f32_tensor(d: torch.Tensor) -> torch.Tensor:
+    """exp_f32 of a float32 tensor (for tests: bit for bit the reference's)."""
+    d = d.contiguous().reshape(-1)
+    out = torch.empty_like(d)
+    if d.numel():
+        _exp_kernel[(triton.cdiv(d.numel(), 1024),)](d, out, d.numel(), BLOCK=1024, enable_fp_fusion=False)
+    return out
+
+
+def group_sum32_tensor(e: torch.Tensor) -> torch.Tensor:
+    """group_sum32 of each row of a float32 [G, 32] tensor, G a power of two (for tests)."""
+    e = e.contiguous()
+    out = torch.empty(e.shape[0], dtype=torch.float32, device=e.device)
+    _group_sum_kernel[(1,)](e, out, G=e.shape[0], enable_fp_fusion=False)
+    return out
+
+
+def group_gumbel_tensor(seed: int, offset: int, row: int, num_groups: int, device="cpu") -> torch.Tensor:
+    """Group noise of groups 0 .. num_groups - 1 of one row (for tests)."""
+    out = torch.empty(num_groups, dtype=torch.float32, device=device)
+    seed_lo, seed_hi = split_u64(seed)
+    offset_lo, offset_hi = split_u64(offset)
+    _group_gumbel_kernel[(triton.cdiv(num_groups, 256),)](out, num_groups, row, seed_lo, seed_hi, offset_lo,
+                                                          offset_hi, BLOCK=256, enable_fp_fusion=False)
     return out

@@ -4,33 +4,39 @@ The same op as ``torch.ops.dmkernels.token_stats`` (csrc/ops.cpp, semantics in
 dmkernels/reference/token_stats.py): one pass over the vocabulary of each row
 keeps the running maximum m, ``S = sum exp(z - m)``, ``A = sum exp(z - m)(z - m)``
 (rescaled when m grows), the top value with its first column, the second value,
-and when sampling the best perturbed value ``x * c + g * s`` with its first column
-(g: the shared noise of csrc/common/noise.h, dmkernels/triton/noise.py; c and s
-scale x / T + g by a power of two so that it never overflows).
+and when sampling the best group key of the hierarchical Gumbel-max
+(csrc/common/noise.h, dmkernels/triton/noise.py) with its group.
 Then ``p(top) = 1 / S``, ``entropy = log S - A / S``,
 ``margin = (1 - exp(top2 - m)) / S`` (derivation in csrc/cpu/token_stats.cpp).
 
 A program walks its columns in tiles of BLOCK_V with scalar running state; per
 tile it does three reductions: (max, first index), the maximum of the others,
 and (sum e, sum e * d) as one joined reduction. A NaN logit needs no reduction of
-its own: it makes S NaN. Sampling adds one (max, first index) reduction on the
-tiles that draw noise; a tile whose ``max x / T + 17`` cannot beat the best
-perturbed value so far skips its noise (the noise is bounded, noise.h), so peaked
-rows draw noise for few tiles. The noise kernels run with enable_fp_fusion=False.
+its own: it makes S NaN. Sampling views the tile as [BLOCK_V / 32, 32] noise
+groups: w = x * c, the group maxima m_g, the canonical exps and group_sum32
+(written out as sums over axes of size 2), one group Gumbel each, the keys
+K_g = m_g + (log_f32(S_g) + G_g) s and their (max, first index). With SHARED
+(T = 1 or tempered scores: the scores describe the sampled distribution) the
+same exps give the tile's sums, ``sum_g exp(m_g / s - m) S_g`` (one exp per
+element, as at T = 0); otherwise the sums take their own exps and a tile whose
+``max x * c + 21 s`` (noise.h kGroupKeyBound) cannot beat the best key so far
+skips the group pass. The element noise is drawn only for the winning group, in
+the kernel that finishes the row. The kernels run with enable_fp_fusion=False
+(the spec's fused multiply-adds are explicit ``tl.fma``).
 
 Few rows with a large V (the dLLM case: 32 to 256 rows of 126464) do not fill a
 GPU with one program per row, so the vocabulary is split: program (row, split)
 reduces columns [split * chunk, (split + 1) * chunk) (chunk a whole number of
-tiles) to a partial tuple (m, S, A, top1 column, top2, best perturbed value, its
-column, NaN seen), stored as float32 [8, rows * splits], and a second kernel, one
-program per row, merges the ``splits`` tuples:
+tiles, so whole noise groups) to a partial tuple (m, S, A, top1 column, top2,
+best group key, its group, NaN seen), stored as float32 [8, rows * splits], and
+a second kernel, one program per row, merges the ``splits`` tuples:
 
   M = max m_k,  S = sum_k exp(m_k - M) S_k,  A = sum_k exp(m_k - M) (A_k + (m_k - M) S_k)
   top1 column = that of the first split with m_k == M (splits hold increasing columns,
   and each split keeps its first maximum, so this is the lowest column overall);
   top2 = max(top2_k over all k, m_k over the other splits) (two splits sharing the
   maximum give top2 = top1: margin 0);
-  sample = the lowest column among the splits whose best perturbed value is the maximum;
+  sampled group = the lowest group among the splits whose best key is the maximum;
   NaN seen = any split saw one.
 
 Splits whose slice is all -inf have m_k = -inf and S_k = A_k = 0 exactly and are
@@ -58,7 +64,8 @@ import triton.language as tl
 from .. import _checks as check
 from .._registry import triton_op
 from ..reference.token_stats import inverse_temperature, key_scales
-from .noise import GUMBEL_BOUND, gumbel, noise_bits_tile, split_u64
+from .noise import (EXP_FLUSH, GROUP_KEY_BOUND, exp_f32, group_gumbel, group_sum32, gumbel, log_f32, noise_bits_tile,
+                    split_u64)
 
 _OP = "token_stats"
 # Partial tuple fields, stored as float32 (columns < 2^24 are exact).
@@ -100,12 +107,32 @@ def _row_offset(row, rowoff_ptr, size1, size2, size3, stride0, stride1, stride2,
 
 
 @triton.jit
-def _finish(row, active, bad, m, S, A, top1_col, top2, best_col, xrow_ptr, inv_t,
+def _sample_in_group(xrow_ptr, grp, ok, V, lead, key_c, key_s, noise_row, group_base,
+                     seed_lo, seed_hi, offset_lo, offset_hi):
+    """The column sampled inside the winning noise group ``grp`` (virtual columns
+    grp * 32 ..): y = x * c + g * s with the element noise of the global group,
+    the first maximum (noise.h). Padding columns read as -inf and never win."""
+    cols = grp * 32 + tl.arange(0, 32)
+    # (a [32] mask and'ed with a scalar one is refused by the interpreter: where)
+    inside = tl.where(ok, (cols < V) & (cols >= lead), False)
+    x = tl.load(xrow_ptr + cols, mask=inside, other=float("-inf")).to(tl.float32)
+    bits = noise_bits_tile(group_base + grp, 1, noise_row, seed_lo, seed_hi, offset_lo, offset_hi)
+    y = x * key_c + tl.reshape(gumbel(bits), [32]) * key_s
+    _, idx = tl.max(y, axis=0, return_indices=True, return_indices_tie_break_left=True)
+    return grp * 32 + idx
+
+
+@triton.jit
+def _finish(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, xrow_ptr, inv_t,
+            V, key_c, key_s, seed_lo, seed_hi, offset_lo, offset_hi,
             tok_ptr, conf_ptr, marg_ptr, ent_ptr, SAMPLE: tl.constexpr, TEMPERED: tl.constexpr):
-    """Scores of one row from its merged tuple; writes the four outputs."""
+    """Scores of one row from its merged tuple; writes the four outputs. When
+    sampling, best_col is the winning noise group."""
     valid = active & (bad == 0) & (m > float("-inf")) & (m < float("inf"))
     if SAMPLE:
-        token = best_col
+        valid = valid & (best_y > float("-inf"))
+        token = _sample_in_group(xrow_ptr, best_col, valid, V, 0, key_c, key_s, row, 0,
+                                 seed_lo, seed_hi, offset_lo, offset_hi)
         xt = tl.load(xrow_ptr + tl.where(valid, token, 0), mask=valid, other=0.0).to(tl.float32)
         if TEMPERED:
             zt = xt * inv_t
@@ -136,18 +163,20 @@ def _finish(row, active, bad, m, S, A, top1_col, top2, best_col, xrow_ptr, inv_t
 
 @triton.jit
 def _write_partial(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, xrow_ptr, inv_t, group_base,
+                   V, lead, key_c, key_s, row_base, seed_lo, seed_hi, offset_lo, offset_hi,
                    out_ptr, SAMPLE: tl.constexpr, TEMPERED: tl.constexpr):
     """token_stats_partial's 8 fields of one row (dmkernels/reference/token_stats_partial.py)
     from its merged tuple; columns are virtual (xrow_ptr + u is column u), global
-    column = group_base * 32 + u."""
+    column = group_base * 32 + u. When sampling, best_col is the winning group."""
     NEG_INF: tl.constexpr = float("-inf")
     nan = float("nan")
     ok = active & (bad == 0)
     if SAMPLE:
         key = best_y
-        col = best_col
         has = ok & (key > NEG_INF)
-        xt = tl.load(xrow_ptr + tl.where(has, col, 0), mask=has, other=0.0).to(tl.float32)
+        col = _sample_in_group(xrow_ptr, best_col, has, V, lead, key_c, key_s, row + row_base, group_base,
+                               seed_lo, seed_hi, offset_lo, offset_hi)
+        xt = tl.load(xrow_ptr + tl.where(has, col, lead), mask=has, other=0.0).to(tl.float32)
         if TEMPERED:
             zt = xt * inv_t
         else:
@@ -178,19 +207,35 @@ def _write_partial(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, 
     tl.store(o + 7, invalid.to(tl.float32))
 
 
+@triton.jit
+def _seeds(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG: tl.constexpr):
+    """(seed, offset) words: read on the device when an rng tensor is given (CUDA graphs)."""
+    if HAS_RNG:
+        rng_seed = tl.load(rng_ptr)
+        rng_offset = tl.load(rng_ptr + 1)
+        seed_lo = rng_seed.to(tl.uint32)
+        seed_hi = (rng_seed >> 32).to(tl.uint32)
+        offset_lo = rng_offset.to(tl.uint32)
+        offset_hi = (rng_offset >> 32).to(tl.uint32)
+    return seed_lo, seed_hi, offset_lo, offset_hi
+
+
 # Seeds, offsets and the slice's place are plain runtime values (no recompile, no constexpr 1).
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi", "group_base", "lead", "row_base"])
 def _token_stats_kernel(
     x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, rng_ptr, out_ptr,
     n_parts, V, chunk, size1, size2, size3, stride0, stride1, stride2, stride3,
-    inv_t, key_c, key_s, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
-    SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, HAS_POS: tl.constexpr, USE_ROWOFF: tl.constexpr,
-    HAS_RNG: tl.constexpr, FINAL: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_V: tl.constexpr,
+    inv_t, key_c, key_s, inv_s, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
+    SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, SHARED: tl.constexpr, HAS_POS: tl.constexpr,
+    USE_ROWOFF: tl.constexpr, HAS_RNG: tl.constexpr, FINAL: tl.constexpr, PARTIAL: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     """PARTIAL (token_stats_partial): V counts ``lead`` leading virtual -inf columns
     before the slice, so column u is local column u - lead and global column
     group_base * 32 + u (whole noise groups again); noise row = row + row_base.
-    Without PARTIAL those three are unused and the code is token_stats' own."""
+    Without PARTIAL those three are unused and the code is token_stats' own.
+    SHARED: sampling with scores that describe the sampled distribution, whose
+    sums come from the sampler's group exps (one exp per element)."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
@@ -206,14 +251,8 @@ def _token_stats_kernel(
                                    USE_ROWOFF)
     if PARTIAL:
         xrow_ptr -= lead  # virtual columns: only u >= lead is ever loaded
-    if SAMPLE and HAS_RNG:
-        # (seed, offset) read on the device (CUDA graphs), as uint64 words.
-        rng_seed = tl.load(rng_ptr)
-        rng_offset = tl.load(rng_ptr + 1)
-        seed_lo = rng_seed.to(tl.uint32)
-        seed_hi = (rng_seed >> 32).to(tl.uint32)
-        offset_lo = rng_offset.to(tl.uint32)
-        offset_hi = (rng_offset >> 32).to(tl.uint32)
+    if SAMPLE:
+        seed_lo, seed_hi, offset_lo, offset_hi = _seeds(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG)
     offs = tl.arange(0, BLOCK_V)
     NEG_INF: tl.constexpr = float("-inf")
 
@@ -222,8 +261,8 @@ def _token_stats_kernel(
     A = tl.zeros((), tl.float32)
     top1_col = tl.zeros((), tl.int32)
     top2 = tl.full((), NEG_INF, tl.float32)
-    best_y = tl.full((), NEG_INF, tl.float32)
-    best_col = tl.zeros((), tl.int32)
+    best_y = tl.full((), NEG_INF, tl.float32)  # sampling: best group key so far
+    best_col = tl.zeros((), tl.int32)          # sampling: its (virtual) group
     for t in range(n_tiles):
         col0 = start + t * BLOCK_V
         cols = col0 + offs
@@ -241,52 +280,79 @@ def _token_stats_kernel(
         grows = tmax > m
         top2 = tl.where(grows, tl.maximum(m, tsecond), tl.maximum(top2, tmax))
         top1_col = tl.where(grows, col0 + tidx, top1_col)
-        # Exp sums against the new maximum. -inf entries add exactly 0; a NaN entry
-        # makes S NaN (how a NaN row is detected: no extra reduction). Differences
-        # of finite values can overflow to -inf (2e38 - -2e38): clamped to
-        # EXP_FLOOR, where exp is already 0, so that 0 * -inf adds no NaN.
         m_new = tl.maximum(m, tmax)
         had = m > NEG_INF
         shift = tl.where(had, tl.maximum(m - m_new, EXP_FLOOR), 0.0)
         r = tl.where(had, tl.exp(shift), 0.0)
-        neg_inf = z == NEG_INF
-        d = z - m_new
-        d = tl.where(neg_inf, 0.0, tl.where(d < EXP_FLOOR, EXP_FLOOR, d))  # NaN stays NaN
-        e = tl.where(neg_inf, 0.0, tl.exp(d))
-        sums = tl.sum(tl.join(e, e * d), axis=0)  # one reduction for both sums
-        tile_S, tile_A = tl.split(sums)
+        if SHARED:
+            # The sampler's group pass (noise.h), whose exps are also the scores':
+            # z = w / s, so a group adds exp(m_g / s - m) times its own sums.
+            w = tl.reshape(x * key_c, [G, 32])
+            mg = tl.max(w, axis=1)
+            empty = mg == NEG_INF
+            d = (w - tl.where(empty, 0.0, mg)[:, None]) * inv_s
+            e = exp_f32(d)
+            Sg = group_sum32(e, G)
+            Sg = tl.where(empty & (Sg == Sg), 0.0, Sg)  # a NaN stays (it marks the row invalid)
+            K = tl.where(empty, NEG_INF, mg + (log_f32(tl.where(empty, 1.0, Sg)) + group_gumbel(
+                group_base + col0 // 32 + tl.arange(0, G), row + row_base, seed_lo, seed_hi, offset_lo,
+                offset_hi)) * key_s)
+            tk, kidx = tl.max(K, axis=0, return_indices=True, return_indices_tie_break_left=True)
+            better = tk > best_y  # strict: earlier groups win ties
+            best_col = tl.where(better, col0 // 32 + kidx, best_col)
+            best_y = tl.where(better, tk, best_y)
+            Ag = tl.sum(e * tl.where(d < EXP_FLUSH, EXP_FLUSH, d), axis=1)
+            mgz = mg * inv_s
+            live = mgz > NEG_INF
+            dd = tl.where(live, tl.maximum(mgz - m_new, EXP_FLOOR), EXP_FLOOR)
+            rg = tl.where(live, tl.exp(dd), 0.0)
+            tile_S = tl.sum(rg * Sg, axis=0)
+            tile_A = tl.sum(tl.where(live, rg * (Ag + dd * Sg), 0.0), axis=0)
+        else:
+            # Exp sums against the new maximum. -inf entries add exactly 0; a NaN entry
+            # makes S NaN (how a NaN row is detected: no extra reduction). Differences
+            # of finite values can overflow to -inf (2e38 - -2e38): clamped to
+            # EXP_FLOOR, where exp is already 0, so that 0 * -inf adds no NaN.
+            neg_inf = z == NEG_INF
+            dz = z - m_new
+            dz = tl.where(neg_inf, 0.0, tl.where(dz < EXP_FLOOR, EXP_FLOOR, dz))  # NaN stays NaN
+            ez = tl.where(neg_inf, 0.0, tl.exp(dz))
+            sums = tl.sum(tl.join(ez, ez * dz), axis=0)  # one reduction for both sums
+            tile_S, tile_A = tl.split(sums)
+            if SAMPLE:
+                # Two distributions: the group pass only where a group key could
+                # still win (K_g <= m_g + GROUP_KEY_BOUND * s, noise.h), with slack
+                # for the rounding of K at large |K|. max(x) * c == max(x * c).
+                reach = tl.max(x, axis=0) * key_c
+                bound = best_y - tl.abs(best_y) * 9.5367431640625e-07
+                if reach + GROUP_KEY_BOUND * key_s > bound:
+                    w = tl.reshape(x * key_c, [G, 32])
+                    mg = tl.max(w, axis=1)
+                    empty = mg == NEG_INF
+                    e = exp_f32((w - tl.where(empty, 0.0, mg)[:, None]) * inv_s)
+                    Sg = group_sum32(e, G)
+                    K = tl.where(empty, NEG_INF, mg + (log_f32(tl.where(empty, 1.0, Sg)) + group_gumbel(
+                        group_base + col0 // 32 + tl.arange(0, G), row + row_base, seed_lo, seed_hi, offset_lo,
+                        offset_hi)) * key_s)
+                    tk, kidx = tl.max(K, axis=0, return_indices=True, return_indices_tie_break_left=True)
+                    better = tk > best_y
+                    best_col = tl.where(better, col0 // 32 + kidx, best_col)
+                    best_y = tl.where(better, tk, best_y)
         A = r * (A + shift * S) + tile_A
         S = r * S + tile_S
         m = m_new
-        if SAMPLE:
-            # Noise only where a column could still win: g <= GUMBEL_BOUND (noise.h),
-            # with slack for the rounding of y at large |y|; later columns lose ties.
-            # max(x) * c == max(x * c): rounding is monotonic.
-            if TEMPERED:
-                reach = tl.max(x, axis=0) * key_c
-            else:
-                reach = tmax * key_c
-            bound = best_y - tl.abs(best_y) * 9.5367431640625e-07
-            if reach + GUMBEL_BOUND * key_s > bound:
-                zs = x * key_c
-                if PARTIAL:  # the noise of the global column and row
-                    bits = noise_bits_tile(group_base + col0 // 32, G, row + row_base, seed_lo, seed_hi,
-                                           offset_lo, offset_hi)
-                else:
-                    bits = noise_bits_tile(col0 // 32, G, row, seed_lo, seed_hi, offset_lo, offset_hi)
-                y = zs + tl.reshape(gumbel(bits), [BLOCK_V]) * key_s
-                ty, yidx = tl.max(y, axis=0, return_indices=True, return_indices_tie_break_left=True)
-                better = ty > best_y
-                best_col = tl.where(better, col0 + yidx, best_col)
-                best_y = tl.where(better, ty, best_y)
-    bad = (S != S).to(tl.int32)
+    # A NaN makes S NaN; a +inf score (x / T overflowing with tempered scores) is
+    # caught by m, since with SHARED the sums come from the finite w = x * c.
+    bad = ((S != S) | (m == float("inf"))).to(tl.int32)
 
     if FINAL:
         if PARTIAL:
             _write_partial(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, xrow_ptr, inv_t,
-                           group_base, out_ptr, SAMPLE, TEMPERED)
+                           group_base, V, lead, key_c, key_s, row_base, seed_lo, seed_hi, offset_lo, offset_hi,
+                           out_ptr, SAMPLE, TEMPERED)
         else:
-            _finish(row, active, bad, m, S, A, top1_col, top2, best_col, xrow_ptr, inv_t,
+            _finish(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, xrow_ptr, inv_t,
+                    V, key_c, key_s, seed_lo, seed_hi, offset_lo, offset_hi,
                     tok_ptr, conf_ptr, marg_ptr, ent_ptr, SAMPLE, TEMPERED)
     else:
         p = part_ptr + row * n_splits + split
@@ -300,12 +366,13 @@ def _token_stats_kernel(
         tl.store(p + 7 * n_parts, bad.to(tl.float32))
 
 
-@triton.jit(do_not_specialize=["group_base", "lead"])
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi", "group_base", "lead", "row_base"])
 def _merge_kernel(
-    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, out_ptr,
-    n_parts, n_splits, size1, size2, size3, stride0, stride1, stride2, stride3, inv_t, group_base, lead,
+    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, rng_ptr, out_ptr,
+    n_parts, n_splits, V, size1, size2, size3, stride0, stride1, stride2, stride3, inv_t, key_c, key_s,
+    seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
     SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, HAS_POS: tl.constexpr, USE_ROWOFF: tl.constexpr,
-    PARTIAL: tl.constexpr, BLOCK_S: tl.constexpr,
+    HAS_RNG: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, BLOCK_S)
@@ -323,6 +390,8 @@ def _merge_kernel(
         active = tl.load(pos_ptr + row).to(tl.int1)
     else:
         active = row >= 0
+    if SAMPLE:
+        seed_lo, seed_hi, offset_lo, offset_hi = _seeds(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG)
     BIG: tl.constexpr = 2147483647
 
     M = tl.max(m_k, axis=0)
@@ -335,15 +404,17 @@ def _merge_kernel(
     top1_col = tl.min(tl.where(k == first, c1_k, BIG), axis=0)
     top2 = tl.maximum(tl.max(t2_k, axis=0), tl.max(tl.where(k == first, float("-inf"), m_k), axis=0))
     best_y = tl.max(by_k, axis=0)
-    best_col = tl.min(tl.where(kmask & (by_k == best_y), bc_k, BIG), axis=0)
+    best_col = tl.min(tl.where(kmask & (by_k == best_y), bc_k, BIG), axis=0)  # the lowest group on ties
 
     xrow_ptr = x_ptr + _row_offset(row, rowoff_ptr, size1, size2, size3, stride0, stride1, stride2, stride3,
                                    USE_ROWOFF)
     if PARTIAL:
         _write_partial(row, active, bad, M, S, A, top1_col, top2, best_y, best_col, xrow_ptr - lead, inv_t,
-                       group_base, out_ptr, SAMPLE, TEMPERED)
+                       group_base, V, lead, key_c, key_s, row_base, seed_lo, seed_hi, offset_lo, offset_hi,
+                       out_ptr, SAMPLE, TEMPERED)
     else:
-        _finish(row, active, bad, M, S, A, top1_col, top2, best_col, xrow_ptr, inv_t,
+        _finish(row, active, bad, M, S, A, top1_col, top2, best_y, best_col, xrow_ptr, inv_t,
+                V, key_c, key_s, seed_lo, seed_hi, offset_lo, offset_hi,
                 tok_ptr, conf_ptr, marg_ptr, ent_ptr, SAMPLE, TEMPERED)
 
 
@@ -424,6 +495,9 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
     sample = temperature > 0.0
     inv_t = inverse_temperature(temperature) if sample else 1.0
     key_c, key_s = key_scales(inv_t) if sample else (1.0, 1.0)
+    inv_s = 1.0 / key_s  # a power of two
+    # One distribution: the sampler's group exps are the scores' exps.
+    shared = sample and (bool(tempered_scores) or inv_t == 1.0)
     seed_lo, seed_hi = split_u64(seed)
     offset_lo, offset_hi = split_u64(offset)
     pos = positions.reshape(-1) if positions is not None else placeholder  # tiny: [rows] bools
@@ -440,7 +514,7 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
     strides = [0] * (4 - len(strides)) + strides
     layout = (sizes[1], sizes[2], sizes[3], *strides)
     flags = dict(SAMPLE=sample, TEMPERED=bool(tempered_scores) and sample, HAS_POS=positions is not None,
-                 USE_ROWOFF=rowoff is not placeholder, PARTIAL=partial is not None)
+                 USE_ROWOFF=rowoff is not placeholder, PARTIAL=partial is not None, HAS_RNG=rng is not None)
     rng_ptr = rng if rng is not None else placeholder  # placeholder when absent
 
     Vv = V + lead  # virtual columns (= V for token_stats)
@@ -452,14 +526,16 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
     with _on_device(logits.device):
         _token_stats_kernel[(rows, splits)](
             logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr, out,
-            n_parts, Vv, chunk, *layout, inv_t, key_c, key_s, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
-            HAS_RNG=rng is not None, FINAL=splits == 1, BLOCK_V=BLOCK_V, num_warps=num_warps,
+            n_parts, Vv, chunk, *layout, inv_t, key_c, key_s, inv_s, seed_lo, seed_hi, offset_lo, offset_hi,
+            group_base, lead, row_base,
+            SHARED=shared, FINAL=splits == 1, BLOCK_V=BLOCK_V, num_warps=num_warps,
             enable_fp_fusion=False, **flags,
         )
         if splits > 1:
             _merge_kernel[(rows,)](
-                logits, pos, rowoff, token, conf, margin, ent, part, out,
-                n_parts, splits, *layout, inv_t, group_base, lead,
+                logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr, out,
+                n_parts, splits, Vv, *layout, inv_t, key_c, key_s, seed_lo, seed_hi, offset_lo, offset_hi,
+                group_base, lead, row_base,
                 BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=1, enable_fp_fusion=False, **flags,
             )
 
