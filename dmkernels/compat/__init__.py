@@ -4,6 +4,13 @@
 * :mod:`dmkernels.compat.fast_dllm` -- Fast-dLLM's ``generate``,
   ``generate_with_prefix_cache``, ``generate_with_dual_cache``
 * :mod:`dmkernels.compat.dream` -- Dream's ``diffusion_generate`` and ``patch(model)``
+* :mod:`dmkernels.compat.llada2` -- LLaDA2.0's and LLaDA2.1's ``generate`` (batched,
+  exact block KV cache), ``patch(model)``
+* :mod:`dmkernels.compat.diffusers` -- diffusers' ``BlockRefinementScheduler``
+  (the scheduler of ``LLaDA2Pipeline``): ``pipe.scheduler =
+  BlockRefinementScheduler.from_config(pipe.scheduler.config)``
+* :mod:`dmkernels.compat.sdar` -- SDAR's ``block_diffusion_generate`` (batched,
+  exact block KV cache)
 
 Each keeps the public signature, defaults and return value, and gives the same
 tokens at temperature 0 (the same distribution when sampling). Where the public
