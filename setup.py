@@ -15,6 +15,13 @@ Install with the PyTorch already present:  pip install --no-build-isolation .
 import glob
 import os
 import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
 
 from setuptools import find_packages, setup
 
@@ -59,6 +66,57 @@ def _cpu_arch_flags():
     return {"avx512": AVX512_FLAGS, "avx2": AVX2_FLAGS}.get(arch, [])
 
 
+def _needed_libraries(path):
+    """The DT_NEEDED entries of a shared object (``readelf -d``), or None where
+    readelf is missing or fails."""
+    try:
+        out = subprocess.run(["readelf", "-d", path], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+def _links_shared_libstdcxx(cxx):
+    """Whether ``cxx -shared`` links libstdc++ as a shared library: True, False,
+    or None where the probe cannot tell (no compiler, no readelf)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, lib = os.path.join(tmp, "probe.cpp"), os.path.join(tmp, "probe.so")
+        with open(src, "w") as f:
+            f.write("#include <sstream>\n#include <string>\n"
+                    "std::string probe(long v) { std::ostringstream s; s << v; return s.str(); }\n")
+        try:
+            subprocess.run(shlex.split(cxx) + ["-shared", "-fPIC", src, "-o", lib], capture_output=True,
+                           check=True, timeout=300)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        needed = _needed_libraries(lib)
+    return None if needed is None else any(name.startswith("libstdc++") for name in needed)
+
+
+def _use_shared_libstdcxx():
+    """PyTorch uses the shared libstdc++. An extension linked with its own static
+    copy has a second std::locale, and formatting a number (an error message of
+    a check, say) then segfaults: seen on a GPU machine whose Python was built by
+    a GCC that links libstdc++ statically. Where the compiler the link would use
+    (CXX, else the one Python was configured with) does that, build with a g++ on
+    PATH that links it shared, and say so; where there is none, stop."""
+    if not sys.platform.startswith("linux"):
+        return
+    configured = os.environ.get("CXX") or sysconfig.get_config_var("CXX")
+    if not configured or _links_shared_libstdcxx(configured) is not False:
+        return
+    for cc, cxx in (("gcc", "g++"), ("cc", "c++")):
+        found = shutil.which(cxx)
+        if found and _links_shared_libstdcxx(found):
+            print(f"dmkernels: {configured} links libstdc++ statically, which crashes beside PyTorch's "
+                  f"shared libstdc++; building with {found} (CC={cc}, CXX={cxx})")
+            os.environ["CC"], os.environ["CXX"] = cc, cxx
+            return
+    raise SystemExit(f"dmkernels: {configured} links libstdc++ statically, and no g++ on PATH links it "
+                     "shared. PyTorch uses the shared libstdc++; an extension with its own copy crashes. "
+                     "Set CC and CXX to a GCC that links libstdc++ shared.")
+
+
 def _extensions():
     if _flag("DMKERNELS_NO_EXTENSION"):
         print("dmkernels: DMKERNELS_NO_EXTENSION=1, building no compiled code")
@@ -72,6 +130,8 @@ def _extensions():
             "(or set DMKERNELS_NO_EXTENSION=1 to build without compiled kernels)"
         ) from None
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    _use_shared_libstdcxx()
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))

@@ -63,6 +63,15 @@ class LinearCounts(Schedule):
         return "LinearCounts()"
 
 
+def _at_step(table: torch.Tensor, step) -> torch.Tensor:
+    """``table[step]`` for an int or a device scalar. Indexing with a 0-d CUDA
+    tensor reads it on the host (``.item()``), which a CUDA graph capture forbids;
+    ``index_select`` keeps the step on the device."""
+    if isinstance(step, torch.Tensor):
+        return table.index_select(0, step.reshape(1).to(table.device)).reshape(())
+    return table[step]
+
+
 class _DreamPlan(BlockPlan):
     def __init__(self, eps: float, masked: torch.Tensor, steps: int):
         super().__init__(steps)
@@ -75,11 +84,11 @@ class _DreamPlan(BlockPlan):
 
     def transfer_probability(self, step) -> torch.Tensor:
         """``1 - t[i+1]/t[i]`` (1 at the last step); ``step`` an int or a device tensor."""
-        return self.probability[step]
+        return _at_step(self.probability, step)
 
     def quota(self, step, masked_now: torch.Tensor) -> torch.Tensor:
         mean_masked = masked_now.sum() / masked_now.shape[0]
-        scheduled = (mean_masked * self.fraction[step]).to(torch.int64)
+        scheduled = (mean_masked * _at_step(self.fraction, step)).to(torch.int64)
         count = torch.where(torch.as_tensor(step, device=masked_now.device) < self.steps - 1,
                             scheduled, mean_masked.to(torch.int64))
         return count.expand(masked_now.shape[0])

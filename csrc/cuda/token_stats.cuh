@@ -45,7 +45,10 @@ namespace dmkernels {
 namespace cuda {
 
 constexpr int kStatsThreads = 256;
-constexpr float kExpFloor = -100.0f;  // exp(d) underflows to 0 below ~-87: avoids 0 * -inf
+// expf keeps denormals: exp(-100) is 3.7e-44, not 0. At -128 it is exactly 0,
+// as on the CPU and in Triton (a lone finite entry then has entropy exactly 0);
+// the floor also avoids 0 * -inf.
+constexpr float kExpFloor = -128.0f;
 
 struct StatsTuple {
   float m;       // running maximum of the scores
