@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmkernels.bench import gpu_bench, gpu_check, gpu_sanitize
+from dmkernels.bench import gpu_bench, gpu_check, gpu_profile, gpu_sanitize
 from dmkernels.bench.gpu_check import StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,6 +278,72 @@ def test_tests_stage_runs_in_one_process_when_xdist_workers_disagree(tmp_path, m
     result = gpu_check.stage_tests(gpu_check.Pipeline(args, torch.device("cpu")))
     assert "-n" in calls[0] and "-n" not in calls[1]
     assert result.status == "ok" and result.data["passed"] == 5
+
+
+# What the first H200 run printed: a crashed xdist worker, and cuda-gdb's bt.
+_CRASH_LOG = """..Fatal Python error: Segmentation fault
+[gw2] node down: Not properly terminated
+worker 'gw2' crashed while running 'tests/test_validation.py::test_raw_ops_name_the_argument[native-cuda-token_stats-3]'
+worker 'gw7' crashed while running 'tests/test_validation.py::test_raw_ops_name_the_argument[native-cuda-select_group-55]'
+== 10 failed, 1331 passed, 12 skipped in 166.94s ==
+"""
+_GDB_OUTPUT = """warning: Cuda Driver error detected: No CUDA context is current to the calling thread
+Thread 1 "python3" received signal SIGSEGV, Segmentation fault.
+0x00007fff144d0a34 in std::codecvt<char16_t, char, __mbstate_t>::do_unshift() const () from _C.so
+#0  0x00007fff144d0a34 in std::codecvt<char16_t, char, __mbstate_t>::do_unshift() const () from _C.so
+#1  0x00007fff14524c51 in std::basic_ostream<char>::_M_insert<long>(long) () from _C.so
+#2  0x00007fff144b246f in dmkernels::check_token_stats_args(...) () from _C.so
+"""
+
+
+def test_crashed_tests_and_backtrace_frames_are_read_from_the_logs():
+    assert gpu_check.crashed_tests(_CRASH_LOG) == [
+        "tests/test_validation.py::test_raw_ops_name_the_argument[native-cuda-token_stats-3]",
+        "tests/test_validation.py::test_raw_ops_name_the_argument[native-cuda-select_group-55]"]
+    assert gpu_check.crashed_tests("== 3 passed ==") == []
+    frames = gpu_check.backtrace_frames(_GDB_OUTPUT)
+    assert frames[0].startswith('Thread 1 "python3" received signal SIGSEGV')
+    assert [f.split()[0] for f in frames[1:]] == ["#0", "#1", "#2"] and "_M_insert<long>" in frames[2]
+    assert gpu_check.backtrace_frames("exited normally") == []
+
+
+def test_a_crashed_test_is_rerun_under_the_debugger(tmp_path, monkeypatch):
+    # A stand-in debugger that prints what cuda-gdb printed for the first crash.
+    debugger = tmp_path / "fake-gdb"
+    debugger.write_text(f"#!{sys.executable}\nimport sys\nsys.stdout.write({_GDB_OUTPUT!r})\n")
+    debugger.chmod(0o755)
+    monkeypatch.setattr(gpu_check, "find_debugger", lambda: str(debugger))
+    log = tmp_path / "tests.log"
+    log.write_text(_CRASH_LOG)
+    test_id = gpu_check.crashed_tests(_CRASH_LOG)[0]
+    frames = gpu_check.backtrace_of(test_id, log, 100.0, torch.device("cpu"))
+    assert len(frames) == 4 and "check_token_stats_args" in frames[-1]
+    assert f"===== {test_id} under fake-gdb =====" in log.read_text()  # appended to the tests log
+    assert not log.with_suffix(".crash.log").exists()
+    cmd = gpu_check.backtrace_command("cuda-gdb", test_id)
+    assert cmd[:3] == ["cuda-gdb", "-q", "-batch"] and cmd[cmd.index("--args") + 1:][:4] == [
+        sys.executable, "-m", "pytest", test_id]
+    # No time left, or no debugger: a reason instead of frames, nothing run.
+    assert "not enough time" in gpu_check.backtrace_of(test_id, log, 10.0, torch.device("cpu"))[0]
+    monkeypatch.setattr(gpu_check, "find_debugger", lambda: None)
+    assert gpu_check.backtrace_of(test_id, log, 100.0, torch.device("cpu")) == ["no cuda-gdb or gdb on this machine"]
+
+
+def test_tests_stage_reports_crashed_workers_with_a_backtrace(tmp_path, monkeypatch):
+    def fake_run_logged(cmd, log, *, timeout, env=None, cwd=ROOT):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(_CRASH_LOG)
+        return gpu_check.Finished(1, 1.0, log)
+
+    monkeypatch.setattr(gpu_check, "run_logged", fake_run_logged)
+    monkeypatch.setattr(gpu_check, "backtrace_of", lambda test_id, log, left, device: [f"bt of {test_id}"])
+    args = gpu_check.parse_args(["--device", "cpu", "--log-dir", str(tmp_path)])
+    result = gpu_check.stage_tests(gpu_check.Pipeline(args, torch.device("cpu")))
+    assert result.status == "failed" and len(result.data["crashed_tests"]) == 2
+    assert result.data["crash_backtrace"] == [f"bt of {result.data['crashed_tests'][0]}"]
+    report = gpu_check.build_report(dict(device="d", torch="t", slug="s"), {"tests": result}, [], 1.0)
+    summary = gpu_check.format_summary(report)
+    assert "crashed (2): tests/test_validation.py" in summary and "bt of tests/" in summary
 
 
 def _fake_sanitizer(tmp_path: Path, errors: int) -> str:
@@ -552,3 +618,9 @@ def test_sanitize_script_fails_when_an_op_is_never_called(monkeypatch, capsys):
     monkeypatch.setattr(gpu_sanitize, "registered_ops", lambda: {"token_stats", "select_made_up"})
     assert gpu_sanitize.main(["--device", "cpu", "--backends", "native"]) == 1
     assert "never called successfully: select_made_up" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA path")
+def test_gpu_profile_without_cuda_says_why(capsys):
+    assert gpu_profile.main(["--rows", "3"]) == 0
+    assert "skipped: no CUDA device" in capsys.readouterr().out

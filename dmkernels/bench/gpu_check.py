@@ -69,6 +69,7 @@ TEST_SELECT = "cuda"  # the backend fixtures' ids: native-cuda, triton-cuda
 TEST_IGNORE = ("tests/test_cuda_compile.py", "tests/test_generic_build.py", "tests/test_wheel.py")
 TEST_TIMEOUT_S = 120  # per test, where pytest-timeout is installed
 GRACE_S = 20  # after SIGINT at a stage's limit, before SIGKILL
+CRASH_RESERVE_S = 50  # of the tests stage, for one crashed test's backtrace under cuda-gdb / gdb
 
 
 # ---------------------------------------------------------------------------
@@ -460,17 +461,25 @@ def stage_tests(p: Pipeline, paths: list[str] | None = None) -> StageResult:
         junit.unlink()  # never count a previous run's results
     limit = p.timeout("tests")
     deadline = time.perf_counter() + limit
+    # Where a debugger could take a crashed test's backtrace, pytest stops early enough to leave time for it.
+    crash_reserve = CRASH_RESERVE_S if p.device.type == "cuda" and find_debugger() else 0.0
+    pytest_deadline = deadline - min(crash_reserve, limit / 4)
     cmd = tests_command(p.args, junit, paths)
-    done = run_logged(cmd, p.args.log_dir / "tests.log", timeout=limit, env=child_env(p.device))
-    if "Different tests were collected between" in done.text() and deadline - time.perf_counter() > 30:
+    done = run_logged(cmd, p.args.log_dir / "tests.log", timeout=pytest_deadline - time.perf_counter(),
+                      env=child_env(p.device))
+    if "Different tests were collected between" in done.text() and pytest_deadline - time.perf_counter() > 30:
         # xdist needs every worker to collect the same ids; run them in one process instead.
         cmd = tests_command(p.args, junit, paths, workers=0)
-        done = run_logged(cmd, p.args.log_dir / "tests.log", timeout=deadline - time.perf_counter(),
+        done = run_logged(cmd, p.args.log_dir / "tests.log", timeout=pytest_deadline - time.perf_counter(),
                           env=child_env(p.device))
     counts = junit_counts(junit) or summary_counts(done.text())
     data = dict(returncode=done.returncode, command=shlex.join(cmd), log=str(done.log), junit=str(junit),
                 **(counts or {}))
     data["failed_tests"] = junit_failures(junit)[:30]
+    crashed = crashed_tests(done.text())
+    if crashed:
+        data["crashed_tests"] = crashed[:30]
+        data["crash_backtrace"] = backtrace_of(crashed[0], done.log, deadline - time.perf_counter(), p.device)
     described = _describe_counts(counts) if counts else "no test counts (see tests.log)"
     if done.timed_out:
         return StageResult("tests", "timeout", done.seconds, f"stopped at the time limit: {described}", data)
@@ -479,6 +488,56 @@ def stage_tests(p: Pipeline, paths: list[str] | None = None) -> StageResult:
     if done.returncode != 0 or not counts or counts["failed"] or counts["errors"]:
         return StageResult("tests", "failed", done.seconds, f"exit {done.returncode}: {described}", data)
     return StageResult("tests", "ok", done.seconds, described, data)
+
+
+def crashed_tests(text: str) -> list[str]:
+    """The tests whose xdist worker died (a segfault, an abort), in log order."""
+    return list(dict.fromkeys(re.findall(r"worker '[^']+' crashed while running '([^']+)'", text)))
+
+
+def find_debugger() -> str | None:
+    """cuda-gdb (it also debugs host code) or gdb, or None."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    candidates = [shutil.which("cuda-gdb"), shutil.which("gdb")]
+    if CUDA_HOME:
+        candidates.append(os.path.join(CUDA_HOME, "bin", "cuda-gdb"))
+    return next((c for c in candidates if c and os.path.exists(c)), None)
+
+
+def backtrace_command(debugger: str, test_id: str) -> list[str]:
+    """The crashed test alone under the debugger in batch mode: run, then ``bt``."""
+    return [debugger, "-q", "-batch", "-ex", "set pagination off", "-ex", "run", "-ex", "bt", "--args",
+            sys.executable, "-m", "pytest", test_id, "-q", "-p", "no:cacheprovider", "-x"]
+
+
+def backtrace_frames(text: str, frames: int = 12) -> list[str]:
+    """The signal line and the first frames of the debugger's ``bt`` after it."""
+    start = next((i for i, line in enumerate(text.splitlines()) if "received signal" in line), None)
+    if start is None:
+        return []
+    lines = text.splitlines()[start:]
+    picked = [lines[0].strip()] + [ln.strip()[:300] for ln in lines[1:] if re.match(r"\s*#\d+ ", ln)]
+    return picked[:frames + 1]
+
+
+def backtrace_of(test_id: str, log: Path, seconds_left: float, device: torch.device) -> list[str]:
+    """Rerun one crashed test under cuda-gdb / gdb (when there is one and time for
+    it) and append the backtrace to the tests log: the first GPU run needed a
+    second machine start to get it by hand. Returns the frames, or a one-line
+    reason why there are none."""
+    debugger = find_debugger()
+    if debugger is None:
+        return ["no cuda-gdb or gdb on this machine"]
+    if seconds_left < 45:
+        return [f"not enough time left in the stage ({seconds_left:.0f} s) to rerun {test_id} under {debugger}"]
+    done = run_logged(backtrace_command(debugger, test_id), log.with_suffix(".crash.log"),
+                      timeout=min(120.0, seconds_left - 10), env=child_env(device))
+    text = done.text()
+    with open(log, "a") as out:
+        out.write(f"\n===== {test_id} under {os.path.basename(debugger)} =====\n{text}")
+    log.with_suffix(".crash.log").unlink(missing_ok=True)
+    return backtrace_frames(text) or [f"no signal caught rerunning {test_id} alone (exit {done.returncode})"]
 
 
 def _describe_counts(c: dict) -> str:
@@ -688,11 +747,17 @@ def format_summary(report: dict) -> str:
     for name, stage in report["stages"].items():
         status = stage["status"] if stage["status"] in ("ok", "skipped") else stage["status"].upper()
         lines.append(f"{name:<9} {status:<8} {stage['seconds']:>5.0f}s  {stage['detail']}")
-    failed_tests = report["stages"].get("tests", {}).get("data", {}).get("failed_tests") or []
+    tests_data = report["stages"].get("tests", {}).get("data", {})
+    failed_tests = tests_data.get("failed_tests") or []
     for name in failed_tests[:5]:
         lines.append(f"  failed: {name}")
     if len(failed_tests) > 5:
         lines.append(f"  ... {len(failed_tests) - 5} more in junit.xml")
+    crashed = tests_data.get("crashed_tests") or []
+    if crashed:
+        lines.append(f"  crashed ({len(crashed)}): {crashed[0]}" + (" ..." if len(crashed) > 1 else "")
+                     + "; backtrace of the first (tests.log):")
+        lines += [f"    {frame}" for frame in tests_data.get("crash_backtrace") or []]
     records = report["records"]
     copy = next((r for r in records if r.get("group") == "copy"), None)
     sweep = [r for r in records if r.get("group") == "sweep" and r.get("op") == "token_stats"]
