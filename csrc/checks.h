@@ -264,6 +264,46 @@ inline std::tuple<at::Tensor, at::Tensor> new_edit_outputs(const at::Tensor& x) 
   return {changed, edits};
 }
 
+inline void check_renoise_args(const at::Tensor& canvas, const at::Tensor& sample, const at::Tensor& accept,
+                               const std::optional<at::Tensor>& frozen, int64_t vocab_size, int64_t seed,
+                               int64_t offset, const std::optional<at::Tensor>& rng) {
+  const char* op = "renoise_";
+  TORCH_CHECK_VALUE(canvas.dim() == 2, "dmkernels.renoise_: canvas must be 2-D [B, L], got shape ", canvas.sizes());
+  check_dtype(op, "canvas", canvas, {at::kLong, at::kInt});
+  check_same_device(op, "sample", sample, canvas, "canvas");
+  check_dtype(op, "sample", sample, {at::kLong, at::kInt});
+  check_shape(op, "sample", sample, canvas.sizes(), "canvas.shape");
+  check_same_device(op, "accept", accept, canvas, "canvas");
+  check_dtype(op, "accept", accept, {at::kBool});
+  check_shape(op, "accept", accept, canvas.sizes(), "canvas.shape");
+  if (frozen.has_value()) {
+    check_same_device(op, "frozen", *frozen, canvas, "canvas");
+    check_dtype(op, "frozen", *frozen, {at::kBool});
+    check_shape(op, "frozen", *frozen, {canvas.size(0)}, "one flag per row");
+  }
+  TORCH_CHECK_VALUE(vocab_size >= 1, "dmkernels.renoise_: vocab_size must be >= 1, got ", vocab_size);
+  TORCH_CHECK_VALUE(canvas.scalar_type() == at::kLong || vocab_size <= (int64_t{1} << 31),
+                    "dmkernels.renoise_: vocab_size = ", vocab_size,
+                    " does not fit canvas's dtype int32 (tokens up to 2**31 - 1)");
+  TORCH_CHECK_VALUE(seed >= 0, "dmkernels.renoise_: seed must be >= 0, got ", seed);
+  TORCH_CHECK_VALUE(offset >= 0, "dmkernels.renoise_: offset must be >= 0, got ", offset);
+  if (rng.has_value()) {
+    check_same_device(op, "rng", *rng, canvas, "canvas");
+    check_dtype(op, "rng", *rng, {at::kLong});
+    check_shape(op, "rng", *rng, {2}, "(seed, offset)");
+  }
+  TORCH_CHECK_VALUE(at::has_internal_overlap(canvas) != at::MemOverlap::Yes,
+                    "dmkernels.renoise_: canvas has elements that share memory (e.g. from expand()); "
+                    "pass a tensor whose elements are distinct, e.g. canvas.clone()");
+}
+
+// renoise_'s output: random tokens written per row [B] (poisoned under the test flag).
+inline at::Tensor new_renoise_output(const at::Tensor& canvas) {
+  at::Tensor noised = at::empty({canvas.size(0)}, canvas.options().dtype(at::kLong));
+  if (poison_outputs()) noised.fill_(-7);
+  return noised;
+}
+
 // token_stats' outputs, shaped logits.shape[:-1] (poisoned under the test flag).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> new_token_stats_outputs(const at::Tensor& logits) {
   auto row_shape = logits.sizes().vec();
@@ -286,6 +326,64 @@ inline at::Tensor new_token_stats_partial_output(const at::Tensor& logits) {
   auto out = at::empty(shape, logits.options().dtype(at::kFloat));
   if (poison_outputs()) out.fill_(12345.0);
   return out;
+}
+
+// denoise_stats: token_stats' checks (logits, seed, offset, rng), a temperature
+// > 0 given as a double or as a 0-d float32 tensor on the logits' device (its
+// value checked only on the CPU, where reading it is free), the optional
+// processed_out written in place and the frozen rows.
+inline void check_positive_temperature(const char* op, double t) {
+  TORCH_CHECK_VALUE(!std::isnan(t), "dmkernels.", op, ": temperature is NaN");
+  TORCH_CHECK_VALUE(std::isfinite(t) && t >= kMinTemperature, "dmkernels.", op,
+                    ": temperature must be finite and >= 2**-100 (about 7.9e-31), got ", t);
+}
+
+inline void check_denoise_stats_args(const at::Tensor& logits, double temperature,
+                                     const std::optional<at::Tensor>& temperature_tensor, int64_t seed,
+                                     int64_t offset, const std::optional<at::Tensor>& rng,
+                                     const std::optional<at::Tensor>& processed_out,
+                                     const std::optional<at::Tensor>& frozen) {
+  const char* op = "denoise_stats";
+  check_token_stats_args(logits, 1.0, seed, offset, std::nullopt, rng, op);
+  check_positive_temperature(op, temperature);
+  if (temperature_tensor.has_value()) {
+    const auto& t = *temperature_tensor;
+    check_same_device(op, "temperature", t, logits, "logits");
+    check_dtype(op, "temperature", t, {at::kFloat});
+    check_shape(op, "temperature", t, {}, "a 0-d tensor");
+    if (t.device().is_cpu()) check_positive_temperature(op, static_cast<double>(t.item<float>()));
+  }
+  if (processed_out.has_value()) {
+    const auto& out = *processed_out;
+    check_same_device(op, "processed_out", out, logits, "logits");
+    check_dtype(op, "processed_out", out, {at::kFloat, at::kBFloat16, at::kHalf});
+    check_shape(op, "processed_out", out, logits.sizes(), "logits.shape");
+    TORCH_CHECK_VALUE(out.stride(-1) == 1 || out.size(-1) == 1, "dmkernels.denoise_stats: processed_out must "
+                      "have unit stride on the vocabulary dim, got stride ", out.stride(-1));
+    TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes,
+                      "dmkernels.denoise_stats: processed_out has elements that share memory (e.g. from expand()); "
+                      "pass a tensor whose elements are distinct, e.g. processed_out.clone()");
+  }
+  if (frozen.has_value()) {
+    check_same_device(op, "frozen", *frozen, logits, "logits");
+    check_dtype(op, "frozen", *frozen, {at::kBool});
+    check_shape(op, "frozen", *frozen, logits.sizes().slice(0, logits.dim() - 1), "logits.shape[:-1]");
+  }
+}
+
+// denoise_stats' outputs (token, argmax, entropy), shaped logits.shape[:-1] (poisoned under the test flag).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> new_denoise_stats_outputs(const at::Tensor& logits) {
+  auto row_shape = logits.sizes().vec();
+  row_shape.pop_back();
+  auto token = at::empty(row_shape, logits.options().dtype(at::kLong));
+  auto argmax = at::empty_like(token);
+  auto entropy = at::empty(row_shape, logits.options().dtype(at::kFloat));
+  if (poison_outputs()) {
+    token.fill_(-7);
+    argmax.fill_(-7);
+    entropy.fill_(12345.0);
+  }
+  return {token, argmax, entropy};
 }
 
 }  // namespace dmkernels

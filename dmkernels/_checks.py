@@ -76,14 +76,15 @@ def no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
                  f"pass a tensor whose elements are distinct, e.g. {name}.clone()")
 
 
-def tokens_fit_int32(op: str, x: torch.Tensor, token: torch.Tensor, select: torch.Tensor) -> None:
+def tokens_fit_int32(op: str, x: torch.Tensor, token: torch.Tensor, select: torch.Tensor, *, name: str = "token",
+                     canvas_name: str = "x") -> None:
     """int64 tokens selected for an int32 canvas would wrap. Checked for CPU
     tensors only, where reading them is free (the kernels write what they get)."""
     if x.dtype == torch.int32 and token.dtype == torch.int64 and token.device.type == "cpu":
         bad = select & (token > 2**31 - 1)
         if bad.any():
             b, i = (int(v) for v in bad.nonzero()[0])
-            fail(op, f"token[{b}, {i}] = {int(token[b, i])} does not fit x's dtype int32")
+            fail(op, f"{name}[{b}, {i}] = {int(token[b, i])} does not fit {canvas_name}'s dtype int32")
 
 
 def integer(op: str, name: str, value, *, minimum: int | None = None) -> int:

@@ -133,6 +133,43 @@ def _check_token_stats_partial(logits, temperature, seed, offset, tempered_score
     return (*args, vocab_start, row_offset)
 
 
+def _positive_temperature(op: str, value) -> float:
+    """A sampling temperature: finite and >= 2**-100 (0 is not an argmax here)."""
+    value = check.number(op, "temperature", value)
+    if not (math.isfinite(value) and value >= check.MIN_TEMPERATURE):
+        check.fail(op, f"temperature must be finite and >= 2**-100 (about 7.9e-31), got {value}")
+    return value
+
+
+def _check_denoise_stats(logits, temperature, temperature_tensor, seed, offset, rng, processed_out, frozen):
+    op = "denoise_stats"
+    logits = check.logits(op, logits)
+    temperature = _positive_temperature(op, temperature)
+    if temperature_tensor is not None:
+        check.like(op, "temperature", temperature_tensor, logits, "logits", (torch.float32,), (), "a 0-d tensor")
+        if temperature_tensor.device.type == "cpu" and not torch.compiler.is_compiling():
+            _positive_temperature(op, float(temperature_tensor))  # free on the CPU; a GPU's is the kernel's
+    seed = check.integer(op, "seed", seed, minimum=0)
+    offset = check.integer(op, "offset", offset, minimum=0)
+    if logits.numel() // logits.shape[-1] > 2**32:
+        check.fail(op, "logits has more than 2**32 rows")
+    if rng is not None:
+        check.like(op, "rng", rng, logits, "logits", (torch.int64,), (2,), "(seed, offset)")
+        if rng.device.type == "cpu" and not torch.compiler.is_compiling():
+            rng_values(op, rng)
+    if processed_out is not None:
+        check.like(op, "processed_out", processed_out, logits, "logits", check.LOGITS_DTYPES, logits.shape,
+                   "logits.shape")
+        if logits.shape[-1] > 1 and processed_out.stride(-1) != 1:
+            check.fail(op, "processed_out must have unit stride on the vocabulary dim, got stride "
+                           f"{processed_out.stride(-1)}")
+        if not torch.compiler.is_compiling():
+            check.no_internal_overlap(op, "processed_out", processed_out)
+    if frozen is not None:
+        check.like(op, "frozen", frozen, logits, "logits", (torch.bool,), logits.shape[:-1], "logits.shape[:-1]")
+    return logits, temperature, temperature_tensor, seed, offset, rng, processed_out, frozen
+
+
 def _check_select_topk(scores, k, eligible):
     op = "select_topk"
     check.scores_2d(op, "scores", scores)
@@ -200,6 +237,30 @@ def _check_edit(x, token, confidence, editable, threshold):
     return x, token, confidence, editable, threshold
 
 
+def _check_renoise(canvas, sample, accept, frozen, vocab_size, seed, offset, rng=None):
+    op = "renoise_"
+    check.scores_2d(op, "canvas", canvas, check.INDEX_DTYPES)
+    check.like(op, "sample", sample, canvas, "canvas", check.INDEX_DTYPES, canvas.shape, "canvas.shape")
+    check.like(op, "accept", accept, canvas, "canvas", (torch.bool,), canvas.shape, "canvas.shape")
+    if frozen is not None:
+        check.like(op, "frozen", frozen, canvas, "canvas", (torch.bool,), (canvas.shape[0],), "one flag per row")
+    vocab_size = check.integer(op, "vocab_size", vocab_size, minimum=1)
+    if canvas.dtype == torch.int32 and vocab_size > 2**31:
+        check.fail(op, f"vocab_size = {vocab_size} does not fit canvas's dtype int32 (tokens up to 2**31 - 1)")
+    seed = check.integer(op, "seed", seed, minimum=0)
+    offset = check.integer(op, "offset", offset, minimum=0)
+    if rng is not None:
+        check.like(op, "rng", rng, canvas, "canvas", (torch.int64,), (2,), "(seed, offset)")
+        if rng.device.type == "cpu" and not torch.compiler.is_compiling():
+            rng_values(op, rng)  # free to read on the CPU; on a GPU it is the kernel's to read
+    if not torch.compiler.is_compiling():  # the traced op checks both again when it runs (not traceable here)
+        check.no_internal_overlap(op, "canvas", canvas)
+        if canvas.dtype == torch.int32 and sample.dtype == torch.int64 and sample.device.type == "cpu":
+            written = accept if frozen is None else accept & ~frozen[:, None]  # frozen rows are not written
+            check.tokens_fit_int32(op, canvas, sample, written, name="sample", canvas_name="canvas")
+    return canvas, sample, accept, frozen, vocab_size, seed, offset, rng
+
+
 # ---------------------------------------------------------------------------
 # Fakes: the kernels return contiguous outputs whatever the inputs' strides.
 # ---------------------------------------------------------------------------
@@ -216,6 +277,12 @@ def _fake_token_stats_partial(logits, temperature, seed, offset, tempered_scores
     return logits.new_empty((*logits.shape[:-1], 8), dtype=torch.float32)
 
 
+def _fake_denoise_stats(logits, temperature, temperature_tensor, seed, offset, rng, processed_out, frozen):
+    rows = logits.shape[:-1]
+    return (logits.new_empty(rows, dtype=torch.int64), logits.new_empty(rows, dtype=torch.int64),
+            logits.new_empty(rows, dtype=torch.float32))
+
+
 def _fake_selection(*args):
     eligible = next(a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.bool)
     return eligible.new_empty(eligible.shape, dtype=torch.bool)
@@ -227,6 +294,10 @@ def _fake_commit(x, token, select, mask_id):
 
 def _fake_edit(x, token, confidence, editable, threshold):
     return editable.new_empty(x.shape, dtype=torch.bool), x.new_empty((x.shape[0],), dtype=torch.int64)
+
+
+def _fake_renoise(canvas, sample, accept, frozen, vocab_size, seed, offset, rng=None):
+    return canvas.new_empty((canvas.shape[0],), dtype=torch.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -247,6 +318,19 @@ def _token_stats_partial_reference_call(logits, temperature, seed, offset, tempe
         seed, offset = rng_values("token_stats_partial", rng)
     return (logits,), dict(temperature=temperature, seed=seed, offset=offset, positions=positions,
                            tempered_scores=tempered_scores, vocab_start=vocab_start, row_offset=row_offset)
+
+
+def _denoise_stats_reference_call(logits, temperature, temperature_tensor, seed, offset, rng, processed_out, frozen):
+    if rng is not None:  # the reference reads it on the host
+        seed, offset = rng_values("denoise_stats", rng)
+    t = temperature if temperature_tensor is None else temperature_tensor
+    return (logits, t), dict(seed=seed, offset=offset, processed_out=processed_out, frozen=frozen)
+
+
+def _renoise_reference_call(canvas, sample, accept, frozen, vocab_size, seed, offset, rng=None):
+    if rng is not None:  # the reference reads it on the host
+        seed, offset = rng_values("renoise_", rng)
+    return (canvas, sample, accept, frozen, vocab_size, seed, offset), {}
 
 
 # ---------------------------------------------------------------------------
@@ -277,6 +361,17 @@ def _token_stats_partial_samples():
         (logits.bfloat16(), 0.7, 3, 2, True, torch.rand(3, 5) < 0.5, None, 96, 7),
         (logits[:, :, :30], 1.0, 1, 0, False, None, torch.tensor([5, 2]), 64, 0),
         (logits.half(), 0.5, 2, 1, False, None, None, 0, 100),
+    ]
+
+
+def _denoise_stats_samples():
+    logits = _logits()
+    frozen = torch.rand(3, 5) < 0.3
+    return [
+        (logits, 0.7, None, 3, 2, None, None, None),
+        (logits.bfloat16(), 1.0, torch.tensor(0.55), 1, 0, None, torch.zeros(3, 5, 37), frozen),
+        (logits.half()[:, :, :30], 1.3, None, 0, 0, torch.tensor([5, 2]), torch.zeros(3, 5, 30, dtype=torch.bfloat16),
+         None),
     ]
 
 
@@ -338,6 +433,17 @@ def _edit_samples():
     return out
 
 
+def _renoise_samples():
+    canvas = torch.randint(0, 50, (3, 7))
+    accept = torch.rand(3, 7) < 0.4
+    return [
+        (canvas, torch.randint(0, 50, (3, 7)), accept, None, 50, 5, 0),
+        (canvas.int(), torch.randint(0, 50, (3, 7)), accept, torch.tensor([False, True, False]), 50, 2**40 + 3, 9),
+        (canvas.t().contiguous().t(), torch.randint(0, 9, (3, 7), dtype=torch.int32), accept, None, 9, 0, 0,
+         torch.tensor([7, 2])),
+    ]
+
+
 # ---------------------------------------------------------------------------
 # Invalid raw calls: the same error type on every backend.
 # ---------------------------------------------------------------------------
@@ -375,6 +481,40 @@ def _token_stats_partial_bad():
         Bad((x, 0.5, 0, 0, False, None, None, 40, 0), ValueError, ("vocab_start", "multiple of 32")),
         Bad((x, 0.0, 0, 0, False, None, None, 0, -1), ValueError, ("row_offset", ">= 0")),
         Bad((x, 0.0, 0, 0, False, None, None, 0, 2**32 - 1), ValueError, ("row_offset", "2**32")),
+    ]
+
+
+def _denoise_stats_bad():
+    L = torch.randn(2, 3, 11)
+
+    def call(logits=L, t=1.0, tt=None, seed=0, offset=0, rng=None, out=None, frozen=None):
+        return (logits, t, tt, seed, offset, rng, out, frozen)
+
+    return [
+        Bad(call(logits=L.double()), TypeError, ("logits", "float64")),
+        Bad(call(logits=torch.randn(3, 0)), ValueError, ("logits", "V = 0")),
+        Bad(call(logits=torch.randn(11, 3).t()), ValueError, ("logits", "stride")),
+        Bad(call(t=0.0), ValueError, ("temperature", "2**-100")),
+        Bad(call(t=-1.0), ValueError, ("temperature",)),
+        Bad(call(t=math.nan), ValueError, ("temperature",)),
+        Bad(call(t=math.inf), ValueError, ("temperature",)),
+        Bad(call(t=1e-40), ValueError, ("temperature", "2**-100")),
+        Bad(call(tt=torch.tensor(0.5, dtype=torch.float64)), TypeError, ("temperature", "float32")),
+        Bad(call(tt=torch.tensor([0.5])), ValueError, ("temperature", "shape")),
+        Bad(call(tt=torch.tensor(0.0)), ValueError, ("temperature", "2**-100"), True),
+        Bad(call(tt=torch.tensor(math.nan)), ValueError, ("temperature",), True),
+        Bad(call(seed=-5), ValueError, ("seed", ">= 0")),
+        Bad(call(offset=-3), ValueError, ("offset", ">= 0")),
+        Bad(call(rng=torch.tensor([1, 2, 3])), ValueError, ("rng", "shape")),
+        Bad(call(rng=torch.tensor([1.0, 2.0])), TypeError, ("rng", "int64")),
+        Bad(call(rng=torch.tensor([-1, 0])), ValueError, ("rng", ">= 0"), True),
+        Bad(call(out=torch.zeros(2, 3, 10)), ValueError, ("processed_out", "shape")),
+        Bad(call(out=torch.zeros(2, 3, 11, dtype=torch.int64)), TypeError, ("processed_out", "int64")),
+        Bad(call(out=torch.zeros(2, 3, 11, dtype=torch.float64)), TypeError, ("processed_out", "float64")),
+        Bad(call(out=torch.zeros(11, 2, 3).permute(1, 2, 0)), ValueError, ("processed_out", "stride")),
+        Bad(call(out=torch.zeros(1, 1, 11).expand(2, 3, 11)), ValueError, ("processed_out", "share memory"), True),
+        Bad(call(frozen=torch.ones(2, 3)), TypeError, ("frozen", "bool")),
+        Bad(call(frozen=torch.ones(3, 2, dtype=torch.bool)), ValueError, ("frozen", "shape")),
     ]
 
 
@@ -460,6 +600,36 @@ def _edit_bad():
     ]
 
 
+def _renoise_bad():
+    x, t, a = torch.zeros(*S, dtype=torch.int64), torch.ones(*S, dtype=torch.int64), torch.rand(*S) < 0.5
+    f = torch.tensor([False, True, False, False])
+
+    def call(canvas=x, sample=t, accept=a, frozen=None, vocab_size=10, seed=0, offset=0, *rng):
+        return (canvas, sample, accept, frozen, vocab_size, seed, offset, *rng)
+
+    return [
+        Bad(call(canvas=x.float()), TypeError, ("canvas", "float32")),
+        Bad(call(canvas=x[0], sample=t[0], accept=a[0]), ValueError, ("canvas", "2-D")),
+        Bad(call(sample=t[:, :4]), ValueError, ("sample", "shape")),
+        Bad(call(sample=t.float()), TypeError, ("sample", "float32")),
+        Bad(call(accept=a.int()), TypeError, ("accept", "bool")),
+        Bad(call(accept=a.t()), ValueError, ("accept", "shape")),
+        Bad(call(frozen=f.int()), TypeError, ("frozen", "bool")),
+        Bad(call(frozen=a), ValueError, ("frozen", "shape")),
+        Bad(call(vocab_size=0), ValueError, ("vocab_size", ">= 1")),
+        Bad(call(canvas=x.int(), vocab_size=2**31 + 1), ValueError, ("vocab_size", "int32")),
+        Bad(call(seed=-1), ValueError, ("seed", ">= 0")),
+        Bad(call(offset=-2), ValueError, ("offset", ">= 0")),
+        Bad(call(x, t, a, f, 10, 0, 0, torch.tensor([1, 2, 3])), ValueError, ("rng", "shape")),
+        Bad(call(x, t, a, f, 10, 0, 0, torch.tensor([1.0, 2.0])), TypeError, ("rng", "int64")),
+        Bad(call(x, t, a, f, 10, 0, 0, torch.tensor([3, -1])), ValueError, ("rng", ">= 0"), True),
+        Bad(call(canvas=torch.zeros(1, 19, dtype=torch.int64).expand(4, 19)), ValueError, ("canvas", "share memory"),
+            True),
+        Bad(call(canvas=x.int(), sample=torch.full(S, 2**31), accept=torch.ones(*S, dtype=torch.bool)), ValueError,
+            ("sample[0, 0]", "int32"), True),
+    ]
+
+
 # ---------------------------------------------------------------------------
 # The ops.
 # ---------------------------------------------------------------------------
@@ -478,6 +648,14 @@ _register(OpSpec(
     check=_check_token_stats_partial, fake=_fake_token_stats_partial, reference="token_stats_partial_reference",
     reference_call=_token_stats_partial_reference_call, samples=_token_stats_partial_samples,
     bad=_token_stats_partial_bad,
+))
+_register(OpSpec(
+    name="denoise_stats",
+    schema="(Tensor logits, float temperature, Tensor? temperature_tensor, int seed, int offset, Tensor? rng, "
+           "Tensor(a!)? processed_out, Tensor? frozen) -> (Tensor, Tensor, Tensor)",
+    check=_check_denoise_stats, fake=_fake_denoise_stats, reference="denoise_stats_reference",
+    reference_call=_denoise_stats_reference_call, samples=_denoise_stats_samples, bad=_denoise_stats_bad,
+    mutates=("processed_out",),
 ))
 _register(OpSpec(
     name="select_topk", schema="(Tensor scores, Tensor k, Tensor eligible) -> Tensor",
@@ -515,6 +693,13 @@ _register(OpSpec(
     schema="(Tensor(a!) x, Tensor token, Tensor confidence, Tensor editable, float threshold) -> (Tensor, Tensor)",
     check=_check_edit, fake=_fake_edit, reference="edit_reference",
     samples=_edit_samples, bad=_edit_bad, mutates=("x",),
+))
+_register(OpSpec(
+    name="renoise_",
+    schema="(Tensor(a!) canvas, Tensor sample, Tensor accept, Tensor? frozen, int vocab_size, int seed, int offset, "
+           "Tensor? rng=None) -> Tensor",
+    check=_check_renoise, fake=_fake_renoise, reference="renoise_reference", reference_call=_renoise_reference_call,
+    samples=_renoise_samples, bad=_renoise_bad, mutates=("canvas",),
 ))
 
 

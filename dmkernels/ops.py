@@ -18,11 +18,15 @@ from . import _checks as check
 from . import _extension
 from . import triton as _triton
 from ._registry import OPS as _SPECS
+from ._registry import _positive_temperature
 from .reference import (
+    DenoiseStats,
     TokenStats,
     commit_reference,
+    denoise_stats_reference,
     dilated_groups_reference,
     edit_reference,
+    renoise_reference,
     select_entropy_bounded_reference,
     select_factor_reference,
     select_group_reference,
@@ -33,7 +37,7 @@ from .reference import (
 from .reference.token_stats_partial import token_stats_partial_reference
 
 # One public function per op of the registry (dmkernels/_registry.py), same name.
-__all__ = ["TokenStats", "backends", "dilated_groups", *_SPECS]
+__all__ = ["DenoiseStats", "TokenStats", "backends", "dilated_groups", *_SPECS]
 
 
 BACKENDS = ("native", "triton", "reference")
@@ -223,6 +227,67 @@ def token_stats_partial(
     temperature, seed, rng = _seed_and_rng(op, logits, temperature, seed, offset, rng)
     args = (logits, temperature, seed, offset, tempered_scores, positions, rng, vocab_start, row_offset)
     return _run(op, logits.device, backend, args)
+
+
+def denoise_stats(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    *,
+    seed: int | None = None,
+    offset: int = 0,
+    rng: torch.Tensor | None = None,
+    processed_out: torch.Tensor | None = None,
+    frozen: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> DenoiseStats:
+    """One pass over each position's vocabulary for a uniform-state diffusion step
+    (DiffusionGemma): the sample, the argmax and the entropy of the tempered
+    distribution, and optionally the tempered logits themselves.
+
+    Parameters
+    ----------
+    logits : Tensor [..., V]
+        float32, bfloat16 or float16, unit stride on V (token_stats' layout).
+    temperature : float or 0-d float32 Tensor
+        T > 0 (at least 2**-100; ValueError otherwise, naming ``temperature``). A
+        tensor on the logits' device is read by the kernels, never on the host, so
+        a step computing T on the GPU needs no sync and can be graph-captured; its
+        value is checked only for CPU tensors (a GPU kernel given T <= 0 or NaN
+        marks every row as having no distribution).
+    seed, offset, rng
+        The noise, as for token_stats (``seed=None`` draws one from torch's
+        default generator; ``rng`` an int64 [2] (seed, offset) device tensor).
+    processed_out : Tensor [..., V], optional
+        float32, bfloat16 or float16, unit stride on V, no elements sharing memory.
+        Written in place with ``z.to(processed_out.dtype)``, where
+        ``z = (logits.float() / T).to(logits.dtype)`` (T rounded to float32, IEEE
+        division), i.e. bit for bit ``(logits / T).to(processed_out.dtype)``:
+        transformers' processed logits, e.g. DiffusionGemma's self-conditioning
+        input in the embedding dtype. Frozen rows are left untouched.
+    frozen : bool Tensor [...], optional
+        Rows to skip: token -1, argmax -1, entropy +inf, processed_out untouched.
+
+    Returns
+    -------
+    DenoiseStats(token, argmax, entropy), each shaped ``logits.shape[:-1]``:
+    token int64, bit for bit ``token_stats(logits, temperature=float(T), seed=seed,
+    offset=offset, rng=rng, tempered_scores=True).token`` (a sample of
+    ``softmax(x * float32(1 / T))``, float32(1 / T) divided in double);
+    argmax int64, the first index of the maximum of z (``torch.argmax(logits / T, -1)``);
+    entropy float32, nats of that distribution (token_stats' tempered entropy).
+    A row with no distribution (a NaN or +inf logit, only -inf, or ``x / T``
+    overflowing float32) gets token -1, argmax -1 and entropy NaN (its
+    processed_out row is still written).
+    """
+    op = "denoise_stats"
+    check.logits(op, logits)
+    if isinstance(temperature, torch.Tensor):
+        t_float, t_tensor = 1.0, temperature  # the raw op reads the tensor (on the device for a GPU)
+    else:
+        t_float, t_tensor = _positive_temperature(op, temperature), None
+    _, seed, rng = _seed_and_rng(op, logits, 1.0, seed, offset, rng)  # T > 0: always sampling
+    args = (logits, t_float, t_tensor, seed, offset, rng, processed_out, frozen)
+    return DenoiseStats(*_run(op, logits.device, backend, args))
 
 
 def _k_tensor(op: str, k, scores) -> torch.Tensor:
@@ -416,3 +481,70 @@ def edit_(
         can act on without a host sync
     """
     return _run("edit_", _device(x), backend, (x, token, confidence, editable, threshold))
+
+
+def renoise_(
+    canvas: torch.Tensor,
+    sample: torch.Tensor,
+    accept: torch.Tensor,
+    vocab_size: int,
+    *,
+    frozen: torch.Tensor | None = None,
+    seed: int | None = None,
+    offset: int = 0,
+    rng: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Re-noise a uniform-state diffusion canvas in place (DiffusionGemma's
+    ``renoise_canvas``): keep the accepted samples, draw a fresh uniform token
+    everywhere else, leave frozen rows alone. Elementwise over [B, L]::
+
+        canvas[b, l] = canvas[b, l]  if frozen[b]
+                       sample[b, l]  elif accept[b, l]
+                       U[0, vocab_size) otherwise
+
+    The random token of position (b, l) is a pure function of (seed, offset,
+    b * L + l): 64 bits from its own Philox stream (csrc/common/noise.h,
+    "Re-noising", disjoint from token_stats' noise) mapped to [0, vocab_size) by a
+    multiply-high (each token's probability within 2**-64 of 1 / vocab_size), so
+    the same seed writes the same tokens on every backend. Every token of the
+    vocabulary can be drawn, as in transformers. One pass, in place: no host
+    sync (given ``seed`` or ``rng``), nothing allocated but a [B] count: the raw
+    op (``torch.ops.dmkernels.renoise_``) returns the random tokens written per
+    row, int64 [B], because a custom op may not return its mutated input.
+
+    Parameters
+    ----------
+    canvas : int64 or int32 Tensor [B, L], any strides but no two elements sharing
+        memory; written in place.
+    sample : int64 or int32 Tensor [B, L], written as given where accepted (cast
+        to the canvas's dtype; an int64 token that does not fit an int32 canvas is
+        refused for CPU tensors and wraps on a GPU).
+    accept : bool Tensor [B, L]
+    vocab_size : int, >= 1; at most 2**31 for an int32 canvas.
+    frozen : bool Tensor [B], optional: rows left untouched (finished denoising).
+    seed : int, optional
+        >= 0. None draws one from torch's default CPU generator (as token_stats
+        does; that reads a CPU tensor, so a sampler step passes ``seed`` or
+        ``rng``). Under ``torch.compile`` it is drawn as an ``rng`` tensor.
+    offset : int
+        >= 0, e.g. the denoising step, so that steps draw different tokens.
+    rng : int64 Tensor [2], optional
+        ``(seed, offset)`` on the canvas's device, overriding both; the kernels read
+        it on the device (CUDA-graph friendly).
+
+    Returns
+    -------
+    canvas (the same tensor).
+    """
+    op = "renoise_"
+    check.tensor(op, "canvas", canvas)
+    if rng is None and seed is None and torch.compiler.is_compiling():
+        # As token_stats: .item() cannot live in a graph, so the seed is drawn as a tensor.
+        offset = check.integer(op, "offset", offset, minimum=0)
+        drawn = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=canvas.device)
+        rng = torch.cat((drawn, torch.full((1,), offset, dtype=torch.int64, device=canvas.device)))
+    if seed is None:
+        seed = 0 if rng is not None else int(torch.randint(0, 2**62, (1,)).item())  # rng wins when given
+    _run(op, _device(canvas), backend, (canvas, sample, accept, frozen, vocab_size, seed, offset, rng))
+    return canvas

@@ -38,8 +38,10 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define DMK_HOST_DEVICE __host__ __device__ __forceinline__
+#define DMK_UNROLL _Pragma("unroll")
 #else
 #define DMK_HOST_DEVICE inline
+#define DMK_UNROLL  // g++ unrolls these fixed-count loops at -O3 and warns on nvcc's pragma
 #endif
 
 namespace dmkernels {
@@ -88,7 +90,7 @@ struct Philox4x32 {
 
 DMK_HOST_DEVICE Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2,
                                          uint32_t c3, uint32_t k0, uint32_t k1) {
-#pragma unroll
+DMK_UNROLL
   for (int round = 0; round < 10; ++round) {
     const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
     const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
@@ -142,7 +144,7 @@ DMK_HOST_DEVICE float log_f32(float x) {
   }
   const float f = DMK_ADD(m, -1.0f);
   float q = log_q(8);
-#pragma unroll
+DMK_UNROLL
   for (int i = 7; i >= 0; --i) q = DMK_ADD(DMK_MUL(q, f), log_q(i));
   return DMK_ADD(DMK_MUL(static_cast<float>(e), kLn2), DMK_MUL(f, q));
 }
@@ -261,9 +263,9 @@ DMK_HOST_DEVICE float exp_f32(float d) {
 // SIMD lanes, of a thread's registers, and of a Triton [.., 2, h] reshape summed
 // over the axis of 2). Overwrites a.
 DMK_HOST_DEVICE float group_sum32(float* a) {
-#pragma unroll
+DMK_UNROLL
   for (int h = 16; h >= 1; h >>= 1) {
-#pragma unroll
+DMK_UNROLL
     for (int k = 0; k < h; ++k) a[k] = DMK_ADD(a[k], a[k + h]);
   }
   return a[0];
@@ -303,6 +305,58 @@ DMK_HOST_DEVICE uint32_t noise_bits(const NoiseKey& key, uint32_t row, uint64_t 
 DMK_HOST_DEVICE uint32_t group_noise_bits(const NoiseKey& key, uint32_t row, uint64_t group) {
   const uint32_t block = kGroupStream | static_cast<uint32_t>((group / 32) * 8 + group % 8);
   return noise_block(key, row, block).v[(group / 8) % 4];
+}
+
+// ---------------------------------------------------------------------------
+// Re-noising (renoise_): uniform random tokens in [0, V) for a [B, L] canvas.
+//
+// Position (b, l) has the flat index f = b * L + l and takes 64 random bits
+// from a third Philox stream, two positions per call:
+//
+//   pair  = f / 2
+//   words = Philox4x32-10(counter = (kRenoiseStream | (pair & kRenoisePairMask), pair >> 30,
+//                                    offset_lo, offset_hi),
+//                         key     = (seed_lo, seed_hi))
+//   bits  = words[2 * (f % 2)] | words[2 * (f % 2) + 1] << 32
+//   token = (bits * V) >> 64                    the high 64 bits of the 128-bit product
+//
+// Counter word 0 has bit 30 set and bit 31 clear: an element block (< 2^22) has
+// neither and a group block (kGroupStream) has bit 31, so no counter of this
+// stream is one of token_stats' for any row, whatever word 1 holds; word 1
+// carries the pair's bits above 30, so flat indices up to 2^63 are distinct.
+// The multiply-high maps 2^64 equally likely values onto V tokens in runs of
+// floor(2^64 / V) or one more, so each token's probability is within 1 / 2^64
+// of 1 / V (relative error at most V / 2^64, below 2^-32 for V <= 2^32): no
+// rejection loop, a fixed cost per token, the same integers on every backend.
+// ---------------------------------------------------------------------------
+constexpr uint32_t kRenoiseStream = 0x40000000u;
+constexpr uint32_t kRenoisePairMask = 0x3FFFFFFFu;
+
+// High 64 bits of a * b, from 32-bit halves (portable: no __int128 on the device).
+DMK_HOST_DEVICE uint64_t mulhi_u64(uint64_t a, uint64_t b) {
+  const uint64_t al = a & 0xFFFFFFFFu, ah = a >> 32, bl = b & 0xFFFFFFFFu, bh = b >> 32;
+  const uint64_t t = al * bl;
+  const uint64_t w1 = ah * bl + (t >> 32);           // < 2^64: no wrap
+  const uint64_t w2 = al * bh + (w1 & 0xFFFFFFFFu);  // < 2^64: no wrap
+  return ah * bh + (w1 >> 32) + (w2 >> 32);
+}
+
+// The four words of the Philox call serving flat positions 2 * pair and 2 * pair + 1.
+DMK_HOST_DEVICE Philox4x32 renoise_block(const NoiseKey& key, uint64_t pair) {
+  return philox4x32_10(kRenoiseStream | static_cast<uint32_t>(pair & kRenoisePairMask),
+                       static_cast<uint32_t>(pair >> 30), key.offset_lo, key.offset_hi, key.seed_lo, key.seed_hi);
+}
+
+// Token of flat position f from its pair's block (f % 2 picks the two words).
+DMK_HOST_DEVICE uint64_t renoise_token(const Philox4x32& w, uint64_t flat, uint64_t vocab) {
+  const int k = static_cast<int>(flat & 1u) * 2;
+  const uint64_t bits = static_cast<uint64_t>(w.v[k]) | (static_cast<uint64_t>(w.v[k + 1]) << 32);
+  return mulhi_u64(bits, vocab);
+}
+
+// Scalar form: the random token of flat position f in [0, vocab).
+DMK_HOST_DEVICE uint64_t uniform_token(const NoiseKey& key, uint64_t flat, uint64_t vocab) {
+  return renoise_token(renoise_block(key, flat >> 1), flat, vocab);
 }
 
 }  // namespace dmkernels

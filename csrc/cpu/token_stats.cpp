@@ -51,6 +51,7 @@
 
 #include "../common/noise.h"
 #include "../checks.h"
+#include "token_stats.h"
 
 namespace dmkernels {
 namespace {
@@ -59,6 +60,7 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = Vec::size();
 constexpr int64_t kGroup = kNoiseGroup;  // 32 columns: 8 Philox blocks of 4 words
 constexpr int64_t kChunk = 2048;         // floats per chunk: 8 KiB, L1-resident
+static_assert(kChunk == kTokenStatsScratch, "token_stats.h sizes the callers' scratch");
 static_assert(kChunk % kGroup == 0 && kGroup % kLanes == 0, "chunks of whole groups, groups of whole vectors");
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -66,22 +68,11 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // exp(d) * d at 0 instead of 0 * -inf = NaN for -inf logits.
 constexpr float kExpFloor = -100.0f;
 
-struct Params {
-  bool sample;           // temperature > 0
-  bool tempered_scores;  // scores describe softmax(x / T) instead of softmax(x)
-  float inv_temperature; // float32(1 / T)
-  KeyScales key_scales;  // y = x * c + g * s (noise.h)
-  float inv_s;           // 1 / s, a power of two
-  bool shared;           // sampling with scores that describe the sampled distribution
-  NoiseKey key;
-};
+using Params = TokenStatsParams;  // token_stats.h: shared with denoise_stats.cpp
 
 constexpr int64_t kChunkGroups = kChunk / kNoiseGroup;
 
-struct RowOut {
-  int64_t token;
-  float confidence, margin, entropy;
-};
+using RowOut = TokenStatsRow;
 
 // A row (or a vocabulary slice of one) reduced: what token_stats finishes and
 // token_stats_partial stores (fields: dmkernels/reference/token_stats_partial.py).
@@ -1039,6 +1030,21 @@ at::Tensor token_stats_partial_cpu(const at::Tensor& logits, double temperature,
 }
 
 }  // namespace
+
+TokenStatsParams token_stats_params(double temperature, bool tempered_scores, int64_t seed, int64_t offset) {
+  return make_params(temperature, tempered_scores, seed, offset);
+}
+
+template <typename T>
+TokenStatsRow token_stats_row(const T* x, int64_t V, uint32_t noise_row, const TokenStatsParams& p, float* scratch) {
+  return finish_row(reduce_row(x, Row{V, 0, 0, noise_row}, p, scratch));
+}
+
+template TokenStatsRow token_stats_row<float>(const float*, int64_t, uint32_t, const TokenStatsParams&, float*);
+template TokenStatsRow token_stats_row<at::Half>(const at::Half*, int64_t, uint32_t, const TokenStatsParams&,
+                                                 float*);
+template TokenStatsRow token_stats_row<at::BFloat16>(const at::BFloat16*, int64_t, uint32_t,
+                                                     const TokenStatsParams&, float*);
 
 TORCH_LIBRARY_IMPL(dmkernels, CPU, m) {
   m.impl("token_stats", &token_stats_cpu);

@@ -14,6 +14,7 @@
 
 #include "../checks.h"
 #include "token_stats.cuh"
+#include "token_stats_cuda.h"
 
 namespace dmkernels {
 namespace {
@@ -97,10 +98,12 @@ at::Tensor launch_stats_tuples(const char* op, const at::Tensor& logits, double 
   return partial;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda_run(
     const at::Tensor& logits, double temperature, int64_t seed, int64_t offset, bool tempered_scores,
-    const std::optional<at::Tensor>& positions, const std::optional<at::Tensor>& rng) {
-  check_token_stats_args(logits, temperature, seed, offset, positions, rng);
+    const std::optional<at::Tensor>& positions, const std::optional<at::Tensor>& rng,
+    const float* device_temperature) {
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t V = logits.size(-1);
   const int64_t rows = logits.numel() / V;
@@ -111,6 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
   cuda::StatsParams p;
   p.rows = rows;
   p.V = V;
+  p.temperature = device_temperature;
   const at::Tensor partial = launch_stats_tuples<false>("token_stats", logits, temperature, seed, offset,
                                                         tempered_scores, in, p);
   const bool* active_ptr = in.active.defined() ? in.active.const_data_ptr<bool>() : nullptr;
@@ -137,6 +141,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
     }));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {token, confidence, margin, entropy};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cuda(
+    const at::Tensor& logits, double temperature, int64_t seed, int64_t offset, bool tempered_scores,
+    const std::optional<at::Tensor>& positions, const std::optional<at::Tensor>& rng) {
+  check_token_stats_args(logits, temperature, seed, offset, positions, rng);
+  return token_stats_cuda_run(logits, temperature, seed, offset, tempered_scores, positions, rng, nullptr);
 }
 
 // token_stats_partial: the slice [vocab_start, vocab_start + V) as lead + V

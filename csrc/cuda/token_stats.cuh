@@ -135,11 +135,27 @@ struct StatsParams {
   float inv_s;           // 1 / s, a power of two
   NoiseKey key;
   const int64_t* rng;  // device (seed, offset) overriding `key` when set (CUDA graphs)
+  // denoise_stats: a device float32 temperature overriding inv_temperature,
+  // key_scales and inv_s when set (read by the kernels, never by the host).
+  const float* temperature = nullptr;
   // Read by the kSlice kernels only (token_stats_partial): V above counts `lead`
   // leading virtual -inf columns; column u is local column u - lead and global
   // column col_base + u (col_base a multiple of 32); the noise row is row_base + row.
   int64_t col_base = 0, lead = 0, row_base = 0;
 };
+
+// The scales of p.temperature, computed as the host does for a double T
+// (inv_t = float32(1 / double(T))). Returns whether T is valid (finite, >=
+// 2^-100); an invalid one leaves every row without a distribution.
+__device__ __forceinline__ bool apply_device_temperature(StatsParams& p) {
+  float t = *p.temperature;
+  const bool ok = t >= static_cast<float>(kMinTemperature) && t < INFINITY;  // NaN fails both
+  if (!ok) t = 1.0f;
+  p.inv_temperature = static_cast<float>(1.0 / static_cast<double>(t));  // IEEE double division
+  p.key_scales = key_scales(p.inv_temperature);
+  p.inv_s = __fdiv_rn(1.0f, p.key_scales.s);
+  return ok;
+}
 
 // One block per (row, split): fold 32-column groups thread by thread, then
 // reduce the block and store one tuple per (row, split).
@@ -151,6 +167,7 @@ __global__ void __launch_bounds__(kStatsThreads)
                                const bool* __restrict__ active, StatsParams p, StatsTuple* __restrict__ partial) {
   const int64_t row = blockIdx.x;
   const int64_t split = blockIdx.y;
+  const bool t_ok = p.temperature == nullptr || apply_device_temperature(p);
   StatsTuple t = empty_stats();
   if (active == nullptr || active[row]) {
     const T* x = logits + row_offset[row];
@@ -254,6 +271,7 @@ __global__ void __launch_bounds__(kStatsThreads)
       }
     }
   }
+  if (!t_ok) t.bad = 1;
   // Block reduction: warps by shuffles, then the warp results by warp 0.
   __shared__ StatsTuple warp_result[kStatsThreads / 32];
   for (int delta = 16; delta > 0; delta >>= 1) t = combine(t, shfl_down(t, delta));
@@ -312,6 +330,7 @@ __global__ void token_stats_merge_kernel(const T* __restrict__ logits, const int
     entropy[row] = INFINITY;
     return;
   }
+  if (p.temperature != nullptr) apply_device_temperature(p);  // an invalid T: the tuples are bad
   StatsTuple t = partial[row * p.splits];
   for (int64_t s = 1; s < p.splits; ++s) t = combine(t, partial[row * p.splits + s]);
   if (t.bad || !(t.m > -INFINITY) || (p.sample && !(t.best_y > -INFINITY))) {

@@ -364,6 +364,108 @@ class EditCase(Case):
         return _compare("canvas after edit", out, self.inputs["expected"])
 
 
+DIFFUSION_GEMMA_VOCAB = 262144  # DiffusionGemma's vocabulary (transformers' DiffusionGemmaConfig)
+
+
+@dataclass
+class RenoiseCase(Case):
+    """``renoise_`` on a [B, C] DiffusionGemma canvas against transformers' eager
+    re-noising (``EntropyBoundSampler.accept_canvas`` + ``renoise_canvas`` and the
+    finished-row restore of ``_denoising_step``): ``torch.where(accept, sample,
+    torch.randint(0, V, ...))`` then ``torch.where(frozen, canvas, ...)``, without
+    the upstream ``finished.any()`` host sync (which only favours the baseline).
+    About a tenth of the positions are accepted; the last row is frozen when B > 1.
+    Both sides must keep frozen rows, write the accepted samples and draw tokens in
+    [0, V); ours must also equal the reference bit for bit (same seed)."""
+
+    vocab: int = DIFFUSION_GEMMA_VOCAB
+
+    def _build(self, device):
+        B, C = self.shape
+        gen = torch.Generator().manual_seed(0)
+        canvas = torch.randint(0, self.vocab, (B, C), generator=gen)
+        sample = torch.randint(0, self.vocab, (B, C), generator=gen)
+        accept = torch.rand(B, C, generator=gen) < 0.1
+        frozen = torch.zeros(B, dtype=torch.bool)
+        if B > 1:
+            frozen[-1] = True
+        inputs = {"canvas": canvas, "sample": sample, "accept": accept, "frozen": frozen}
+        inputs = {name: t.to(device) for name, t in inputs.items()}
+        expected = inputs["canvas"].clone()
+        reference.renoise_reference(expected, inputs["sample"], inputs["accept"], inputs["frozen"], self.vocab, SEED, 0)
+        inputs["expected"] = expected
+        return inputs
+
+    def run_ours(self):
+        i = self.inputs
+        x = i["canvas"].clone()
+        return dmkernels.renoise_(x, i["sample"], i["accept"], self.vocab, frozen=i["frozen"], seed=SEED, offset=0)
+
+    def run_baseline(self):
+        i = self.inputs
+        x = i["canvas"].clone()
+        accepted = torch.where(i["accept"], i["sample"], x).clone()
+        random = torch.randint(0, self.vocab, x.shape, device=x.device)
+        new = torch.where(~i["accept"], random, accepted).clone()
+        return torch.where(i["frozen"][:, None], x, new)
+
+    def mismatch(self, side, out):
+        i = self.inputs
+        if side == "ours":
+            return _compare("canvas after renoise_", out, i["expected"])
+        live = ~i["frozen"][:, None] & torch.ones_like(i["accept"])
+        kept = torch.where(live, i["canvas"], out)  # out where frozen
+        return (_compare("frozen rows", kept, i["canvas"])
+                or _compare("accepted positions", torch.where(i["accept"] & live, out, i["sample"]), i["sample"])
+                or _tokens_in_range(out, self.vocab))
+
+
+@dataclass
+class DenoiseStatsCase(Case):
+    """``denoise_stats`` on [B, C, V] DiffusionGemma logits against the per-position
+    part of transformers' ``_denoising_step`` (generation_diffusion_gemma.py), run
+    as it runs there: ``p = logits / T`` (T a float32 0-d tensor), ``softmax(p,
+    float32)`` and ``torch.multinomial`` for the sample, ``argmax(p)``,
+    ``Categorical(logits=p).entropy()`` for acceptance, and ``p.to(bfloat16)`` (the
+    self-conditioning input of a bf16 model). Ours writes that bf16 tensor into a
+    buffer reused across calls (the steady state of a generation). Both sides
+    must return ``torch.argmax(logits / T)`` and tokens in [0, V); ours' buffer
+    must equal ``(logits / T).to(bfloat16)`` bit for bit."""
+
+    def _build(self, device):
+        logits = make_logits(self.shape, self.dtype, device, self.logits)
+        T = torch.tensor(self.temperature, dtype=torch.float32, device=device)
+        z = logits / T
+        inputs = {"logits": logits, "T": T, "argmax": torch.argmax(z, -1),
+                  "sc_buf": torch.empty(self.shape, dtype=torch.bfloat16, device=device)}
+        inputs["expected_sc"] = z.to(torch.bfloat16)
+        del z
+        return inputs
+
+    def run_ours(self):
+        i = self.inputs
+        return dmkernels.denoise_stats(i["logits"], i["T"], seed=SEED, processed_out=i["sc_buf"]), i["sc_buf"]
+
+    def run_baseline(self):
+        i = self.inputs
+        p = i["logits"] / i["T"]
+        V = p.shape[-1]
+        probs = torch.softmax(p, dim=-1, dtype=torch.float32)
+        token = torch.multinomial(probs.view(-1, V), 1).view(p.shape[:-1])
+        del probs
+        argmax = torch.argmax(p, -1)
+        entropy = torch.distributions.Categorical(logits=p).entropy()
+        return dmkernels.DenoiseStats(token, argmax, entropy), p.to(torch.bfloat16)
+
+    def mismatch(self, side, out):
+        stats, sc = out
+        problem = _compare("argmax", stats.argmax, self.inputs["argmax"]) or _tokens_in_range(stats.token,
+                                                                                                self.shape[-1])
+        if problem or side != "ours":
+            return problem
+        return _compare("processed_out", sc.view(torch.int16), self.inputs["expected_sc"].view(torch.int16))
+
+
 @dataclass
 class TokenStatsPartialCase(Case):
     """``token_stats_partial`` of one tensor-parallel rank's vocabulary slice (the
@@ -504,6 +606,11 @@ def all_cases() -> list[Case]:
         _select_case("group", "reference", 2),
         EditCase("edit/8x32", "edit_", "llada21_edit", (8, 32)),
         EditCase("edit/8x1024", "edit_", "llada21_edit", (8, 1024)),
+        RenoiseCase("renoise/1x256", "renoise_", "diffusion_gemma_renoise", (1, 256)),
+        RenoiseCase("renoise/8x256", "renoise_", "diffusion_gemma_renoise", (8, 256)),
+        DenoiseStatsCase(_name("denoise_stats", (1, 32, DIFFUSION_GEMMA_VOCAB), torch.float32, 0.8),
+                         "denoise_stats", "diffusion_gemma_position_stats", (1, 32, DIFFUSION_GEMMA_VOCAB),
+                         torch.float32, 0.8),
         TokenStatsPartialCase(_name("token_stats_partial", (2, 32, LLADA_VOCAB // 2), torch.bfloat16, 0.0),
                               "token_stats_partial", "reference", (2, 32, LLADA_VOCAB // 2), torch.bfloat16),
         TokenStatsPartialCase(_name("token_stats_partial", (2, 32, LLADA_VOCAB // 2), torch.bfloat16, 1.0),
@@ -517,6 +624,10 @@ def all_cases() -> list[Case]:
         _token_stats_case("eager_float32_stats", (1, 1024, LLADA_VOCAB), large=True),
         _token_stats_case("eager_float32_stats", (1, 1024, LLADA_VOCAB), torch.bfloat16, large=True),
         _token_stats_case("dream_step", (1, 256, DREAM_VOCAB), torch.bfloat16, large=True),
+        # DiffusionGemma's step at its real vocabulary and canvas (issue 15).
+        *(DenoiseStatsCase(_name("denoise_stats", (1, 256, DIFFUSION_GEMMA_VOCAB), dtype, 0.8), "denoise_stats",
+                           "diffusion_gemma_position_stats", (1, 256, DIFFUSION_GEMMA_VOCAB), dtype, 0.8, large=True)
+          for dtype in (torch.float32, torch.bfloat16)),
     ]
 
 

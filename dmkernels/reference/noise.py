@@ -6,6 +6,9 @@ made from word ``(column // 8) % 4`` of
 ``Philox4x32-10(counter=(block, row, offset_lo, offset_hi), key=(seed_lo, seed_hi))``,
 ``block = (column // 32) * 8 + column % 8``.
 
+``uniform_tokens`` is renoise_'s stream (a third one: counter word 0 with bit 30
+set), 64 bits per position mapped to [0, V) by a multiply-high.
+
 The hierarchical sampler of token_stats at T > 0 (noise.h, "Hierarchical
 Gumbel-max") adds the canonical ``exp_f32``, the fixed group sum ``group_sum32``,
 the group noise (a second Philox stream: counter word 0 with its top bit set)
@@ -37,6 +40,9 @@ EXP_Q = (1.0, 0.4999999403953552, 0.16666431725025177, 0.04166799411177635, 0.00
          0.0013843962224200368)
 GROUP_STREAM = 0x80000000
 GROUP = 32
+# renoise_'s stream (noise.h, "Re-noising"): counter word 0 = RENOISE_STREAM | (pair & RENOISE_PAIR_MASK).
+RENOISE_STREAM = 0x40000000
+RENOISE_PAIR_MASK = 0x3FFFFFFF
 
 
 def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,3 +213,36 @@ def hierarchical_sample(
     y = w.gather(1, cols) + gumbel_at(seed, offset, rows[:, None], cols + group0 * GROUP) * s
     col = win * GROUP + y.argmax(-1)  # argmax: the first maximal index
     return torch.where(key > float("-inf"), col, -1), key
+
+
+def _mulhi_u64(lo: torch.Tensor, hi: torch.Tensor, vocab: int) -> torch.Tensor:
+    """High 64 bits of ``(hi * 2**32 + lo) * vocab`` (int64 tensors holding uint32
+    words, ``1 <= vocab < 2**63``), from 32-bit halves as noise.h's mulhi_u64; every
+    partial sum stays below 2**63 because the result is below ``vocab``."""
+    vl, vh = vocab & _MASK32, vocab >> 32
+    p0h, _ = _mulhilo32(vl, lo)
+    p1h, p1l = _mulhilo32(vl, hi)
+    p2h, p2l = _mulhilo32(vh, lo)
+    p3h, p3l = _mulhilo32(vh, hi)
+    carry = (p0h + p1l + p2l) >> 32  # the middle column: below 3 * 2**32
+    return (p3h << 32) + p3l + p1h + p2h + carry
+
+
+def uniform_tokens(seed: int, offset: int, flat: torch.Tensor, vocab: int) -> torch.Tensor:
+    """renoise_'s random tokens in [0, vocab) (int64) of the flat positions ``flat``
+    (int64, any shape): noise.h's uniform_token, word for word."""
+    flat = flat.to(torch.int64)
+    pair = flat >> 1
+    words = philox4x32_10(
+        RENOISE_STREAM | (pair & RENOISE_PAIR_MASK),
+        pair >> 30,
+        torch.tensor(offset & _MASK32, device=flat.device),
+        torch.tensor((offset >> 32) & _MASK32, device=flat.device),
+        seed & _MASK32,
+        (seed >> 32) & _MASK32,
+    )
+    k = (flat & 1) * 2
+    stacked = torch.stack(words, dim=-1)
+    lo = stacked.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+    hi = stacked.gather(-1, (k + 1).unsqueeze(-1)).squeeze(-1)
+    return _mulhi_u64(lo, hi, vocab)

@@ -20,4 +20,4 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
 
 def load() -> None:
     """Import the kernel modules (registering torch.ops.dmkernels_triton.*)."""
-    from . import commit, edit, select, token_stats  # noqa: F401
+    from . import commit, denoise_stats, edit, renoise, select, token_stats  # noqa: F401

@@ -220,23 +220,45 @@ def _seeds(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG: tl.constexp
     return seed_lo, seed_hi, offset_lo, offset_hi
 
 
+@triton.jit
+def _device_scales(temp_ptr):
+    """inv_t, c, s, 1 / s (as the host computes them, reference/token_stats.py) from a
+    float32 temperature read on the device (denoise_stats' 0-d tensor, so a captured
+    step needs no host read), and whether T is a valid one (>= 2**-100, finite)."""
+    t = tl.load(temp_ptr)
+    t_ok = (t >= 7.888609052210118e-31) & (t < float("inf"))  # 2**-100; NaN fails both
+    t = tl.where(t_ok, t, 1.0)
+    inv_t = (1.0 / t.to(tl.float64)).to(tl.float32)  # divided in double, rounded once
+    # key_scales: s = 2**-e, e >= 0 the least with inv_t * s <= 1 (from inv_t's exponent bits).
+    bits = inv_t.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 127 + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+    e = tl.where(inv_t > 1.0, e, 0)
+    key_s = ((127 - e) << 23).to(tl.float32, bitcast=True)
+    inv_s = ((127 + e) << 23).to(tl.float32, bitcast=True)
+    return inv_t, inv_t * key_s, key_s, inv_s, t_ok
+
+
 # Seeds, offsets and the slice's place are plain runtime values (no recompile, no constexpr 1).
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi", "group_base", "lead", "row_base"])
 def _token_stats_kernel(
-    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, rng_ptr, out_ptr,
+    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, rng_ptr, out_ptr, temp_ptr,
     n_parts, V, chunk, size1, size2, size3, stride0, stride1, stride2, stride3,
     inv_t, key_c, key_s, inv_s, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
     SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, SHARED: tl.constexpr, HAS_POS: tl.constexpr,
     USE_ROWOFF: tl.constexpr, HAS_RNG: tl.constexpr, FINAL: tl.constexpr, PARTIAL: tl.constexpr,
-    BLOCK_V: tl.constexpr,
+    BLOCK_V: tl.constexpr, T_PTR: tl.constexpr = False,
 ):
     """PARTIAL (token_stats_partial): V counts ``lead`` leading virtual -inf columns
     before the slice, so column u is local column u - lead and global column
     group_base * 32 + u (whole noise groups again); noise row = row + row_base.
     Without PARTIAL those three are unused and the code is token_stats' own.
     SHARED: sampling with scores that describe the sampled distribution, whose
-    sums come from the sampler's group exps (one exp per element)."""
+    sums come from the sampler's group exps (one exp per element).
+    T_PTR (denoise_stats): the temperature is read from temp_ptr on the device; the
+    scales passed as arguments are ignored, and an invalid T makes every row invalid."""
     row = tl.program_id(0).to(tl.int64)
+    if T_PTR:
+        inv_t, key_c, key_s, inv_s, t_ok = _device_scales(temp_ptr)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
     G: tl.constexpr = BLOCK_V // 32
@@ -344,6 +366,8 @@ def _token_stats_kernel(
     # A NaN makes S NaN; a +inf score (x / T overflowing with tempered scores) is
     # caught by m, since with SHARED the sums come from the finite w = x * c.
     bad = ((S != S) | (m == float("inf"))).to(tl.int32)
+    if T_PTR:
+        bad = tl.where(t_ok, bad, 1)
 
     if FINAL:
         if PARTIAL:
@@ -368,13 +392,15 @@ def _token_stats_kernel(
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi", "group_base", "lead", "row_base"])
 def _merge_kernel(
-    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, rng_ptr, out_ptr,
+    x_ptr, pos_ptr, rowoff_ptr, tok_ptr, conf_ptr, marg_ptr, ent_ptr, part_ptr, rng_ptr, out_ptr, temp_ptr,
     n_parts, n_splits, V, size1, size2, size3, stride0, stride1, stride2, stride3, inv_t, key_c, key_s,
     seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
     SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, HAS_POS: tl.constexpr, USE_ROWOFF: tl.constexpr,
-    HAS_RNG: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_S: tl.constexpr,
+    HAS_RNG: tl.constexpr, PARTIAL: tl.constexpr, BLOCK_S: tl.constexpr, T_PTR: tl.constexpr = False,
 ):
     row = tl.program_id(0).to(tl.int64)
+    if T_PTR:  # the splits flagged an invalid T already (their bad field)
+        inv_t, key_c, key_s, _inv_s, _t_ok = _device_scales(temp_ptr)
     k = tl.arange(0, BLOCK_S)
     kmask = k < n_splits
     p = part_ptr + row * n_splits + k
@@ -473,12 +499,15 @@ def _check_launch(op, logits):
                    "dmkernels.triton.token_stats)", RuntimeError)
 
 
-def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, outputs, partial=None):
+def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, outputs, partial=None,
+            temperature_tensor=None):
     """Run the kernels on rows > 0. ``outputs`` is (token, confidence, margin, entropy)
     for token_stats, or (out,) with ``partial = (vocab_start, row_offset)`` for
     token_stats_partial: the slice is then seen as a row of V + vocab_start % 32
     columns starting at global column vocab_start - vocab_start % 32 (a noise
-    group boundary) whose first vocab_start % 32 are -inf."""
+    group boundary) whose first vocab_start % 32 are -inf. ``temperature_tensor``
+    (a 0-d float32 tensor on the device, tempered scores): the kernels read T there
+    and ``temperature`` only says that they sample."""
     V = logits.shape[-1]
     rows = logits.numel() // V
     placeholder = outputs[0]  # any tensor, for pointer arguments a variant does not use
@@ -514,7 +543,9 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
     strides = [0] * (4 - len(strides)) + strides
     layout = (sizes[1], sizes[2], sizes[3], *strides)
     flags = dict(SAMPLE=sample, TEMPERED=bool(tempered_scores) and sample, HAS_POS=positions is not None,
-                 USE_ROWOFF=rowoff is not placeholder, PARTIAL=partial is not None, HAS_RNG=rng is not None)
+                 USE_ROWOFF=rowoff is not placeholder, PARTIAL=partial is not None, HAS_RNG=rng is not None,
+                 T_PTR=temperature_tensor is not None)
+    temp_ptr = temperature_tensor if temperature_tensor is not None else placeholder
     rng_ptr = rng if rng is not None else placeholder  # placeholder when absent
 
     Vv = V + lead  # virtual columns (= V for token_stats)
@@ -525,7 +556,7 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
     num_warps = 8 if BLOCK_V >= 4096 else 4
     with _on_device(logits.device):
         _token_stats_kernel[(rows, splits)](
-            logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr, out,
+            logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr, out, temp_ptr,
             n_parts, Vv, chunk, *layout, inv_t, key_c, key_s, inv_s, seed_lo, seed_hi, offset_lo, offset_hi,
             group_base, lead, row_base,
             SHARED=shared, FINAL=splits == 1, BLOCK_V=BLOCK_V, num_warps=num_warps,
@@ -533,7 +564,7 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
         )
         if splits > 1:
             _merge_kernel[(rows,)](
-                logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr, out,
+                logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr, out, temp_ptr,
                 n_parts, splits, Vv, *layout, inv_t, key_c, key_s, seed_lo, seed_hi, offset_lo, offset_hi,
                 group_base, lead, row_base,
                 BLOCK_S=max(2, triton.next_power_of_2(splits)), num_warps=1, enable_fp_fusion=False, **flags,
