@@ -11,6 +11,10 @@
   BlockRefinementScheduler.from_config(pipe.scheduler.config)``
 * :mod:`dmkernels.compat.sdar` -- SDAR's ``block_diffusion_generate`` (batched,
   exact block KV cache)
+* :mod:`dmkernels.compat.diffusion_gemma` -- transformers' DiffusionGemma:
+  ``patch(model)`` replaces the denoising step inside its own ``generate``
+  (uniform-state diffusion: one pass over the vocabulary, entropy-bound
+  acceptance, re-noising in place), ``unpatch(model)``
 
 Each keeps the public signature, defaults and return value, and gives the same
 tokens at temperature 0 (the same distribution when sampling). Where the public
