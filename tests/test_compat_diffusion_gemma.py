@@ -22,11 +22,12 @@ import torch
 
 pytest.importorskip("transformers.models.diffusion_gemma", reason="needs transformers with DiffusionGemma")
 
-from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, TopKLogitsWarper  # noqa: E402
+from transformers import TopKLogitsWarper  # noqa: E402
 from transformers.models.diffusion_gemma import generation_diffusion_gemma as gen  # noqa: E402
 
 import dmkernels  # noqa: E402
 from dmkernels import _extension, ops  # noqa: E402
+from dmkernels.bench.diffusion_gemma import tiny_model  # noqa: E402
 from dmkernels.compat import diffusion_gemma as dg  # noqa: E402
 from dmkernels.testing import HostSyncError, forbid_host_sync  # noqa: E402
 from parity_harness import assert_different_distribution, assert_same_distribution, one_thread  # noqa: E402,F401
@@ -43,23 +44,9 @@ Mixin = gen.DiffusionGemmaGenerationMixin
 
 
 def tiny_diffusion_gemma(vocab_size: int = V, canvas_length: int = C, seed: int = 0):
-    """A random-weight DiffusionGemmaForBlockDiffusion small enough for CPU tests
-    (about 270 k parameters). The vision tower must be given tiny: left unset,
-    transformers builds the full Gemma-4 one (167 M parameters)."""
-    text = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=32, sliding_window=32,
-                layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
-                num_experts=4, top_k_experts=2, moe_intermediate_size=64)
-    vision = dict(model_type="gemma4_vision", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                  num_attention_heads=2, num_key_value_heads=2, head_dim=16, position_embedding_size=64)
-    config = DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=canvas_length,
-                                  boi_token_id=vocab_size - 4, eoi_token_id=vocab_size - 3,
-                                  image_token_id=vocab_size - 2)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    model = DiffusionGemmaForBlockDiffusion(config).eval()
-    torch.random.set_rng_state(state)
-    return model
+    """The benchmark's tiny random-weight DiffusionGemmaForBlockDiffusion (2 layers,
+    width 64, a tiny vision tower), small enough for CPU tests."""
+    return tiny_model(vocab_size, canvas_length, seed=seed)
 
 
 @pytest.fixture(scope="module")

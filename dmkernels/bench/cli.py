@@ -4,13 +4,16 @@ one op case, :func:`main` parses the command line and runs the jobs. Library
 code lives here so that the job modules (e2e, distributed, quality) and other
 tools can import it without importing ``__main__``.
 
-Usage: ``python -m dmkernels.bench [quality] [--quick] [--e2e] [--distributed] [--json PATH] [--filter SUBSTR] [--device cpu|cuda]``
+Usage: ``python -m dmkernels.bench [quality] [--quick] [--e2e] [--distributed] [--diffusion-gemma]
+[--json PATH] [--filter SUBSTR] [--device cpu|cuda]``
 
 Times every case of dmkernels/bench/cases.py (ours and its baseline), measures
 the peak memory each side allocates and, for cases with logits, one plain read
 of them (``bandwidth_fraction``: ours against that read, same run), checks both
 outputs, and prints one row per case; then the end-to-end cases of dmkernels/bench/e2e.py (whole generations of
-the drop-in samplers against their eager counterparts). ``--distributed`` runs
+the drop-in samplers against their eager counterparts), then DiffusionGemma's step and
+generate against transformers' (dmkernels/bench/diffusion_gemma.py; alone with
+``--diffusion-gemma``). ``--distributed`` runs
 only dmkernels/bench/distributed.py (vocabulary-parallel statistics against
 gathering the logits, over gloo processes). Exits with status 1 when an output
 is wrong.
@@ -106,10 +109,15 @@ def main(argv: list[str] | None = None) -> int:
                              "unless --e2e is given too (then the small ones)")
     parser.add_argument("--e2e", action="store_true",
                         help="only the end-to-end cases: drop-in samplers vs their eager counterparts "
-                             "(gen_length 256 on the LLaDA vocabulary; with --quick, tiny ones)")
+                             "(LLaDA, Dream, Fast-dLLM at gen_length 256; the block-diffusion drop-ins LLaDA2, SDAR and "
+                             "diffusers' scheduler at 256 and 1024; with --quick, tiny ones)")
     parser.add_argument("--distributed", action="store_true",
                         help="only the vocabulary-parallel cases: sharded token_stats vs gathering the logits, "
                              "2/4/8 gloo processes (with --quick, 2)")
+    parser.add_argument("--diffusion-gemma", action="store_true",
+                        help="only DiffusionGemma: dmkernels' step vs transformers' _denoising_step at V=262144, "
+                             "generate patched vs unpatched, the self-conditioning input "
+                             "(dmkernels/bench/diffusion_gemma.py, on the CPU; with --quick, tiny ones)")
     parser.add_argument("--json", metavar="PATH", help="also write the records to PATH as a JSON list")
     parser.add_argument("--filter", metavar="SUBSTR", help="only cases whose name contains SUBSTR")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
@@ -132,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         measure.enable_rss_peaks()  # before the first big allocation
     name = measure.device_name(device)
-    cases = [] if (args.e2e or args.distributed) else select_cases(quick=args.quick, name_filter=args.filter)
+    only_group = args.e2e or args.distributed or args.diffusion_gemma
+    cases = [] if only_group else select_cases(quick=args.quick, name_filter=args.filter)
 
     print(f"dmkernels {dmkernels.__version__} bench on {device.type} ({name}), torch {torch.__version__}, "
           f"{threads} intra-op thread (torch.set_num_threads(1)), backend: {dmkernels.backends()[device.type]}")
@@ -145,13 +154,19 @@ def main(argv: list[str] | None = None) -> int:
                                                 device_type="cpu"), quick=args.quick)
         records += dist_records
         failures += [r for r in dist_records if r["check"] != "ok"]
-    elif args.e2e or not args.quick:
+    elif not args.diffusion_gemma and (args.e2e or not args.quick):
         from dmkernels.bench import e2e
 
         e2e_records = e2e.run_cli(device, quick=args.quick, name_filter=args.filter, meta=meta)
         if e2e_records:
             records += e2e_records
             failures += [r for r in e2e_records if r["check"] != "ok"]
+    if args.diffusion_gemma or not (args.quick or args.e2e or args.distributed):
+        from dmkernels.bench import diffusion_gemma
+
+        dg_records = diffusion_gemma.run_cli(quick=args.quick, name_filter=args.filter, meta=meta)
+        records += dg_records
+        failures += [r for r in dg_records if r["check"] != "ok"]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)
