@@ -508,7 +508,7 @@ def test_write_results_on_fake_numbers(tmp_path):
 def test_summary_fits_one_screen_and_shows_every_stage_and_size():
     summary = gpu_check.format_summary(_fake_report())
     lines = summary.splitlines()
-    assert len(lines) <= 56 and max(map(len, lines)) <= 160
+    assert len(lines) <= 64 and max(map(len, lines)) <= 160  # one case line per op case: grows with the ops
     assert lines[0].startswith("gpu-check on NVIDIA H200 (sm_90, 139.8 GiB)")
     for stage, status in (("build", "ok"), ("tests", "FAILED"), ("sanitize", "ok"), ("bench", "ok")):
         assert any(line.split()[:2] == [stage, status] for line in lines), stage

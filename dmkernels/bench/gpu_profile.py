@@ -19,12 +19,13 @@ import argparse
 import torch
 
 import dmkernels
+from dmkernels.constants import LLADA_VOCAB_SIZE
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dmkernels.bench.gpu_profile", description=__doc__.split("\n\n")[1])
     parser.add_argument("--rows", type=int, default=2048)
-    parser.add_argument("--vocab", type=int, default=126464)
+    parser.add_argument("--vocab", type=int, default=LLADA_VOCAB_SIZE)
     parser.add_argument("--temperatures", default="0,1", help="comma-separated (default 0,1)")
     parser.add_argument("--backends", default="native,triton", help="comma-separated (default native,triton)")
     args = parser.parse_args(argv)
