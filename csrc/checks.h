@@ -136,6 +136,17 @@ inline void check_token_stats_partial_args(const at::Tensor& logits, double temp
               "dmkernels.token_stats_partial: row_offset + rows exceeds 2**32");
 }
 
+// The CPU bindings' (seed, offset) from the rng tensor when given (a CPU tensor:
+// reading it is free; the CUDA kernels read it on the device).
+inline void read_cpu_rng(const char* op, const std::optional<at::Tensor>& rng, int64_t& seed, int64_t& offset) {
+  if (!rng.has_value()) return;
+  const at::Tensor r = rng->contiguous();
+  seed = r.const_data_ptr<int64_t>()[0];
+  offset = r.const_data_ptr<int64_t>()[1];
+  TORCH_CHECK_VALUE(seed >= 0 && offset >= 0, "dmkernels.", op, ": rng must hold (seed, offset) >= 0, got (", seed,
+                    ", ", offset, ")");
+}
+
 // Per-op checks shared by the CPU and CUDA bindings.
 
 inline void check_select_topk_args(const at::Tensor& scores, const at::Tensor& k, const at::Tensor& eligible) {

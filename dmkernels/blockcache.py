@@ -27,10 +27,10 @@ K/V never change: caching them is exact.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 from transformers.cache_utils import Cache
+
+from .cache import _accepts  # whether the model's forward takes a keyword
 
 __all__ = ["BlockKVCache", "BlockLayout", "BLOCK_CAUSAL_MODEL_TYPES", "check_block_causal", "mask_kind"]
 
@@ -188,15 +188,6 @@ class BlockLayout:
         return torch.zeros(keep.shape, dtype=dtype, device=self.device).masked_fill_(~keep, torch.finfo(dtype).min)
 
 
-def _forward_accepts(model, name: str) -> bool:
-    fn = getattr(model, "forward", model)
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
 def check_block_causal(model, caller: str, block_causal: bool | None = None) -> None:
     """ValueError naming ``model`` unless the model can run with :class:`BlockKVCache`:
     its forward takes ``past_key_values`` and ``attention_mask`` (by name or
@@ -204,7 +195,7 @@ def check_block_causal(model, caller: str, block_causal: bool | None = None) -> 
     ``model.block_causal`` true, or ``model.config.model_type`` one of
     :data:`BLOCK_CAUSAL_MODEL_TYPES`."""
     for name in ("past_key_values", "attention_mask"):
-        if not _forward_accepts(model, name):
+        if not _accepts(model, name):
             raise ValueError(f"dmkernels.{caller}: model: its forward takes no {name}, which the block KV cache "
                              f"needs; pass cache=None (uncached, the whole window every step)")
     if block_causal is None:

@@ -109,23 +109,27 @@ def backends() -> dict[str, str]:
     return {"cpu": cpu, "cuda": cuda, "triton": _triton.REASON, "reference": "available"}
 
 
+def _draw_seed(op, device, seed, offset, rng, needed=True):
+    """``seed=None``: drawn from torch's default generator where noise is ``needed``
+    (0 otherwise, and when ``rng`` is given: rng wins). Returns (seed, rng)."""
+    if rng is None and seed is None and needed and torch.compiler.is_compiling():
+        # .item() would be a data-dependent value the graph cannot hold: draw the
+        # seed as a tensor on the device and pass it as rng (torch's RNG still
+        # governs it, though compiled code draws other values than eager).
+        offset = check.integer(op, "offset", offset, minimum=0)
+        drawn = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
+        rng = torch.cat((drawn, torch.full((1,), offset, dtype=torch.int64, device=device)))
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if needed and rng is None else 0
+    return seed, rng
+
+
 def _seed_and_rng(op, logits, temperature, seed, offset, rng):
-    """The wrapper's part of token_stats(_partial): ``seed=None`` drawn from torch's
-    generator (as an ``rng`` tensor under torch.compile); the rest is the
-    registry's check of the raw arguments."""
+    """The wrapper's part of token_stats(_partial): the seed (:func:`_draw_seed`);
+    the rest is the registry's check of the raw arguments."""
     check.logits(op, logits)
     temperature = check.temperature(op, temperature)
-    if rng is None and seed is None and temperature > 0 and torch.compiler.is_compiling():
-        # .item() would be a data-dependent value the graph cannot hold: draw the
-        # seed as a tensor on the logits' device and pass it as rng (torch's RNG
-        # still governs it, though compiled code draws other values than eager).
-        offset = check.integer(op, "offset", offset, minimum=0)
-        drawn = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=logits.device)
-        rng = torch.cat((drawn, torch.full((1,), offset, dtype=torch.int64, device=logits.device)))
-    if rng is not None and seed is None:
-        seed = 0  # unused: rng wins
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item()) if temperature > 0 else 0
+    seed, rng = _draw_seed(op, logits.device, seed, offset, rng, needed=temperature > 0)
     return temperature, seed, rng
 
 
@@ -539,12 +543,6 @@ def renoise_(
     """
     op = "renoise_"
     check.tensor(op, "canvas", canvas)
-    if rng is None and seed is None and torch.compiler.is_compiling():
-        # As token_stats: .item() cannot live in a graph, so the seed is drawn as a tensor.
-        offset = check.integer(op, "offset", offset, minimum=0)
-        drawn = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=canvas.device)
-        rng = torch.cat((drawn, torch.full((1,), offset, dtype=torch.int64, device=canvas.device)))
-    if seed is None:
-        seed = 0 if rng is not None else int(torch.randint(0, 2**62, (1,)).item())  # rng wins when given
+    seed, rng = _draw_seed(op, canvas.device, seed, offset, rng)
     _run(op, _device(canvas), backend, (canvas, sample, accept, frozen, vocab_size, seed, offset, rng))
     return canvas

@@ -154,13 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> denoise_stats_cpu(
     int64_t offset, const std::optional<at::Tensor>& rng, const std::optional<at::Tensor>& processed_out,
     const std::optional<at::Tensor>& frozen) {
   check_denoise_stats_args(logits, temperature, temperature_tensor, seed, offset, rng, processed_out, frozen);
-  if (rng.has_value()) {  // a CPU tensor: reading it is free
-    const at::Tensor r = rng->contiguous();
-    seed = r.const_data_ptr<int64_t>()[0];
-    offset = r.const_data_ptr<int64_t>()[1];
-    TORCH_CHECK_VALUE(seed >= 0 && offset >= 0, "dmkernels.denoise_stats: rng must hold (seed, offset) >= 0, got (",
-                      seed, ", ", offset, ")");
-  }
+  read_cpu_rng("denoise_stats", rng, seed, offset);
   // The sampler divides 1 by T in double (a Python float's own value; a tensor's
   // float32 value), the quotient z by T rounded to float32.
   const double t_sample = temperature_tensor.has_value() ? static_cast<double>(temperature_tensor->item<float>())

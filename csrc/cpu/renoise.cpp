@@ -114,13 +114,7 @@ at::Tensor renoise_cpu(at::Tensor& canvas, const at::Tensor& sample, const at::T
                        const std::optional<at::Tensor>& frozen, int64_t vocab_size, int64_t seed, int64_t offset,
                        const std::optional<at::Tensor>& rng) {
   check_renoise_args(canvas, sample, accept, frozen, vocab_size, seed, offset, rng);
-  if (rng.has_value()) {  // a CPU tensor: reading it is free
-    const at::Tensor r = rng->contiguous();
-    seed = r.const_data_ptr<int64_t>()[0];
-    offset = r.const_data_ptr<int64_t>()[1];
-    TORCH_CHECK_VALUE(seed >= 0 && offset >= 0, "dmkernels.renoise_: rng must hold (seed, offset) >= 0, got (", seed,
-                      ", ", offset, ")");
-  }
+  read_cpu_rng("renoise_", rng, seed, offset);
   at::Tensor noised = new_renoise_output(canvas);
   if (canvas.scalar_type() == at::kInt && sample.scalar_type() == at::kLong) {
     check_samples_fit_int32(sample, accept, frozen);

@@ -935,16 +935,6 @@ Params make_params(double temperature, bool tempered_scores, int64_t seed, int64
   return p;
 }
 
-// (seed, offset) from the rng tensor when given (a CPU tensor: reading it is free).
-void read_rng(const char* op, const std::optional<at::Tensor>& rng, int64_t& seed, int64_t& offset) {
-  if (!rng.has_value()) return;
-  const at::Tensor r = rng->contiguous();
-  seed = r.const_data_ptr<int64_t>()[0];
-  offset = r.const_data_ptr<int64_t>()[1];
-  TORCH_CHECK_VALUE(seed >= 0 && offset >= 0, "dmkernels.", op, ": rng must hold (seed, offset) >= 0, got (", seed,
-              ", ", offset, ")");
-}
-
 // Calls visit(r, active, x_row) for every row r of logits in parallel; x_row points
 // at the row's V logits (leading dims may have any strides, V has unit stride).
 template <typename Visit>
@@ -986,7 +976,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_stats_cpu(
     const at::Tensor& logits, double temperature, int64_t seed, int64_t offset,
     bool tempered_scores, const std::optional<at::Tensor>& positions, const std::optional<at::Tensor>& rng) {
   check_token_stats_args(logits, temperature, seed, offset, positions, rng);
-  read_rng("token_stats", rng, seed, offset);
+  read_cpu_rng("token_stats", rng, seed, offset);
   auto [token, confidence, margin, entropy] = new_token_stats_outputs(logits);
   const Params p = make_params(temperature, tempered_scores, seed, offset);
   const int64_t V = logits.size(-1);
@@ -1015,7 +1005,7 @@ at::Tensor token_stats_partial_cpu(const at::Tensor& logits, double temperature,
                                    bool tempered_scores, const std::optional<at::Tensor>& positions,
                                    const std::optional<at::Tensor>& rng, int64_t vocab_start, int64_t row_offset) {
   check_token_stats_partial_args(logits, temperature, seed, offset, positions, rng, vocab_start, row_offset);
-  read_rng("token_stats_partial", rng, seed, offset);
+  read_cpu_rng("token_stats_partial", rng, seed, offset);
   at::Tensor out = new_token_stats_partial_output(logits);
   const Params p = make_params(temperature, tempered_scores, seed, offset);
   const int64_t V = logits.size(-1);

@@ -71,21 +71,28 @@ def philox4x32_10(
     return c0, c1, c2, c3
 
 
+def keyed_philox(seed: int, offset: int, c0: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
+    """The four words of one call of every stream (noise.h's NoiseKey): counter
+    (c0, c1, offset_lo, offset_hi), key (seed_lo, seed_hi); stacked on a last dim of 4."""
+    device = c0.device
+    words = philox4x32_10(
+        c0,
+        c1,
+        torch.tensor(offset & _MASK32, device=device),
+        torch.tensor((offset >> 32) & _MASK32, device=device),
+        seed & _MASK32,
+        (seed >> 32) & _MASK32,
+    )
+    return torch.stack(words, dim=-1)
+
+
 def noise_bits(seed: int, offset: int, rows: torch.Tensor, num_columns: int) -> torch.Tensor:
     """uint32 random words (as int64) for ``rows`` (int64 [R]) x columns [0, num_columns)."""
     rows = rows.to(torch.int64).reshape(-1, 1)
     groups = (num_columns + 31) // 32
     blocks = torch.arange(groups * 8, dtype=torch.int64, device=rows.device).reshape(1, -1)
-    words = philox4x32_10(
-        blocks,
-        rows & _MASK32,
-        torch.tensor(offset & _MASK32, device=rows.device),
-        torch.tensor((offset >> 32) & _MASK32, device=rows.device),
-        seed & _MASK32,
-        (seed >> 32) & _MASK32,
-    )
     # [R, group, lane, word] -> columns group * 32 + word * 8 + lane
-    by_block = torch.stack(words, dim=-1).reshape(rows.shape[0], groups, 8, 4)
+    by_block = keyed_philox(seed, offset, blocks, rows & _MASK32).reshape(rows.shape[0], groups, 8, 4)
     return by_block.transpose(-1, -2).reshape(rows.shape[0], groups * 32)[:, :num_columns]
 
 
@@ -119,15 +126,7 @@ def gumbel_noise(seed: int, offset: int, rows: torch.Tensor, num_columns: int) -
 def _words_at(seed: int, offset: int, rows: torch.Tensor, blocks: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """Word ``words`` of Philox block ``blocks`` of row ``rows`` (broadcasting int64 tensors)."""
     rows, blocks, words = torch.broadcast_tensors(rows.to(torch.int64), blocks, words)
-    out = philox4x32_10(
-        blocks,
-        rows & _MASK32,
-        torch.tensor(offset & _MASK32, device=rows.device),
-        torch.tensor((offset >> 32) & _MASK32, device=rows.device),
-        seed & _MASK32,
-        (seed >> 32) & _MASK32,
-    )
-    return torch.stack(out, dim=-1).gather(-1, words.unsqueeze(-1)).squeeze(-1)
+    return keyed_philox(seed, offset, blocks, rows & _MASK32).gather(-1, words.unsqueeze(-1)).squeeze(-1)
 
 
 def gumbel_at(seed: int, offset: int, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -233,16 +232,8 @@ def uniform_tokens(seed: int, offset: int, flat: torch.Tensor, vocab: int) -> to
     (int64, any shape): noise.h's uniform_token, word for word."""
     flat = flat.to(torch.int64)
     pair = flat >> 1
-    words = philox4x32_10(
-        RENOISE_STREAM | (pair & RENOISE_PAIR_MASK),
-        pair >> 30,
-        torch.tensor(offset & _MASK32, device=flat.device),
-        torch.tensor((offset >> 32) & _MASK32, device=flat.device),
-        seed & _MASK32,
-        (seed >> 32) & _MASK32,
-    )
+    stacked = keyed_philox(seed, offset, RENOISE_STREAM | (pair & RENOISE_PAIR_MASK), pair >> 30)
     k = (flat & 1) * 2
-    stacked = torch.stack(words, dim=-1)
     lo = stacked.gather(-1, k.unsqueeze(-1)).squeeze(-1)
     hi = stacked.gather(-1, (k + 1).unsqueeze(-1)).squeeze(-1)
     return _mulhi_u64(lo, hi, vocab)

@@ -249,3 +249,17 @@ def group_gumbel_tensor(seed: int, offset: int, row: int, num_groups: int, devic
     _group_gumbel_kernel[(triton.cdiv(num_groups, 256),)](out, num_groups, row, seed_lo, seed_hi, offset_lo,
                                                           offset_hi, BLOCK=256, enable_fp_fusion=False)
     return out
+
+
+@triton.jit
+def seed_words(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG: tl.constexpr):
+    """(seed, offset) as uint32 words: the arguments, or read on the device from an
+    int64 (seed, offset) rng tensor when one is given (a CUDA graph replays fresh noise)."""
+    if HAS_RNG:
+        rng_seed = tl.load(rng_ptr)
+        rng_offset = tl.load(rng_ptr + 1)
+        seed_lo = rng_seed.to(tl.uint32)
+        seed_hi = (rng_seed >> 32).to(tl.uint32)
+        offset_lo = rng_offset.to(tl.uint32)
+        offset_hi = (rng_offset >> 32).to(tl.uint32)
+    return seed_lo, seed_hi, offset_lo, offset_hi

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .._registry import triton_op
-from .noise import philox4x32_10, split_u64
+from .noise import philox4x32_10, seed_words, split_u64
 from .select import block_size, num_warps, on_device, poison_outputs
 
 __all__ = ["renoise_"]
@@ -66,13 +66,7 @@ def _renoise_kernel(
     if HAS_FROZEN:
         live = tl.load(frozen_ptr + row * f_s0) == 0
     if live:
-        if HAS_RNG:  # (seed, offset) read on the device: a CUDA graph replays fresh noise
-            rng_seed = tl.load(rng_ptr)
-            rng_offset = tl.load(rng_ptr + 1)
-            seed_lo = rng_seed.to(tl.uint32)
-            seed_hi = (rng_seed >> 32).to(tl.uint32)
-            offset_lo = rng_offset.to(tl.uint32)
-            offset_hi = (rng_offset >> 32).to(tl.uint32)
+        seed_lo, seed_hi, offset_lo, offset_hi = seed_words(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG)
         vocab = vocab_lo.to(tl.uint64) | (vocab_hi.to(tl.uint64) << 32)
         cols = tl.arange(0, BLOCK_L).to(tl.int64)
         inside = cols < L

@@ -65,7 +65,7 @@ from .. import _checks as check
 from .._registry import triton_op
 from ..reference.token_stats import inverse_temperature, key_scales
 from .noise import (EXP_FLUSH, GROUP_KEY_BOUND, exp_f32, group_gumbel, group_sum32, gumbel, log_f32, noise_bits_tile,
-                    split_u64)
+                    seed_words, split_u64)
 
 _OP = "token_stats"
 # Partial tuple fields, stored as float32 (columns < 2^24 are exact).
@@ -208,19 +208,6 @@ def _write_partial(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, 
 
 
 @triton.jit
-def _seeds(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG: tl.constexpr):
-    """(seed, offset) words: read on the device when an rng tensor is given (CUDA graphs)."""
-    if HAS_RNG:
-        rng_seed = tl.load(rng_ptr)
-        rng_offset = tl.load(rng_ptr + 1)
-        seed_lo = rng_seed.to(tl.uint32)
-        seed_hi = (rng_seed >> 32).to(tl.uint32)
-        offset_lo = rng_offset.to(tl.uint32)
-        offset_hi = (rng_offset >> 32).to(tl.uint32)
-    return seed_lo, seed_hi, offset_lo, offset_hi
-
-
-@triton.jit
 def _device_scales(temp_ptr):
     """inv_t, c, s, 1 / s (as the host computes them, reference/token_stats.py) from a
     float32 temperature read on the device (denoise_stats' 0-d tensor, so a captured
@@ -274,7 +261,7 @@ def _token_stats_kernel(
     if PARTIAL:
         xrow_ptr -= lead  # virtual columns: only u >= lead is ever loaded
     if SAMPLE:
-        seed_lo, seed_hi, offset_lo, offset_hi = _seeds(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG)
+        seed_lo, seed_hi, offset_lo, offset_hi = seed_words(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG)
     offs = tl.arange(0, BLOCK_V)
     NEG_INF: tl.constexpr = float("-inf")
 
@@ -417,7 +404,7 @@ def _merge_kernel(
     else:
         active = row >= 0
     if SAMPLE:
-        seed_lo, seed_hi, offset_lo, offset_hi = _seeds(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG)
+        seed_lo, seed_hi, offset_lo, offset_hi = seed_words(rng_ptr, seed_lo, seed_hi, offset_lo, offset_hi, HAS_RNG)
     BIG: tl.constexpr = 2147483647
 
     M = tl.max(m_k, axis=0)
