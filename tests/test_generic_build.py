@@ -1,8 +1,9 @@
-"""token_stats.cpp built for the other CPU levels (setup.py's DMKERNELS_CPU_ARCH)
+"""token_stats.cpp and denoise_stats.cpp (which samples through token_stats.cpp's
+row entry point) built for the other CPU levels (setup.py's DMKERNELS_CPU_ARCH)
 and checked against the reference: the portable path (generic at::vec and the
 scalar noise of noise.h, for machines without AVX2 or ARM), the AVX2 path and
 the AVX-512 path (where the CPU has them), whichever level the installed
-extension was built for. Builds token_stats alone (~20-40 s per level)."""
+extension was built for. Builds the two files alone (~30-60 s per level)."""
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ SCRIPT = textwrap.dedent(r"""
     import sys, torch
     from torch.utils.cpp_extension import load
     root, build, arch = sys.argv[1], sys.argv[2], sys.argv[3:]
-    load(name="dmkernels_arch_check", sources=[f"{root}/csrc/cpu/token_stats.cpp"],
+    load(name="dmkernels_arch_check", sources=[f"{root}/csrc/cpu/token_stats.cpp", f"{root}/csrc/cpu/denoise_stats.cpp"],
          extra_cflags=["-O2", "-g0", "-ffp-contract=off"] + arch, extra_include_paths=[f"{root}/csrc"],
          build_directory=build, is_python_module=False, verbose=False)
     from dmkernels import _registry
@@ -54,6 +55,21 @@ SCRIPT = textwrap.dedent(r"""
                 ours = torch.ops.dmkernels.token_stats(x, T, seed, seed % 7, tempered, None)
                 ref = token_stats_reference(x, temperature=T, seed=seed, offset=seed % 7, tempered_scores=tempered)
                 assert torch.equal(ours[0], ref.token), (dtype, T, tempered, seed)
+    # denoise_stats: tempered sampling, torch's division for the argmax and the
+    # processed logits, frozen rows left as they were (poisoned here).
+    from dmkernels.reference import denoise_stats_reference
+    for shape, dtype, T in [((3, 5, 1000), torch.float32, 0.7), ((4, 4099), torch.bfloat16, 1.0),
+                            ((2, 33), torch.float16, 1e-3), ((5, 2080), torch.float32, 3.0)]:
+        logits = (torch.randn(shape) * 3).to(dtype)
+        logits.view(-1, shape[-1])[0, :7] = float("-inf")
+        frozen = torch.rand(shape[:-1]) < 0.3
+        out = torch.full(shape, float("nan"), dtype=dtype)
+        ref_out = out.clone()
+        ours = torch.ops.dmkernels.denoise_stats(logits, T, None, 7, 2, None, out, frozen)
+        ref = denoise_stats_reference(logits, T, seed=7, offset=2, processed_out=ref_out, frozen=frozen)
+        assert torch.equal(ours[0], ref.token) and torch.equal(ours[1], ref.argmax), (shape, dtype, T)
+        torch.testing.assert_close(ours[2], ref.entropy, rtol=2e-5, atol=2e-6, equal_nan=True)
+        assert torch.equal(out.isnan(), ref_out.isnan()) and torch.equal(out.nan_to_num(), ref_out.nan_to_num())
     print("ok")
 """)
 
