@@ -10,10 +10,14 @@
 //
 // The row is streamed in chunks of kChunk floats that stay in L1: each chunk is
 // read from memory once (converted from bf16 / fp16 on the way) and then swept
-// two or three times from cache: (1) max, top-2 and argmax per SIMD lane,
-// (2) exp sums against the updated maximum, (3) the sampler's group pass when
-// the temperature is positive. Lanes keep their own top-2 / argmax and are
-// merged at the end of the row, so those loops have no horizontal steps.
+// two or three times from cache. At T = 0 (reduce_row_argmax): (1) max, top-2
+// and argmax per SIMD lane, (2) exp sums against the updated maximum; lanes
+// keep their own top-2 / argmax and are merged at the end of the row, so those
+// loops have no horizontal steps. At T > 0 (reduce_row_sample): (1) the maxima
+// of the 32-column noise groups (the row's maximum and second value follow from
+// them and one rescan of the top group at the end), (2) exp sums as at T = 0
+// when there are two distributions, (3) the sampler's group pass. There float32
+// chunks, read in place, are prefetched one chunk ahead during the exps.
 //
 // Sampling (T > 0) is the hierarchical Gumbel-max of noise.h: per noise group
 // of 32 columns the exact max m_g of w = x * c, the canonical exps
@@ -26,13 +30,18 @@
 // (A_g + (m_g / s - m) S_g) with A_g = sum_j e_j (w_j - m_g) / s, so sampling
 // costs one exp per element like the argmax (step (2) is skipped). Otherwise
 // (two distributions) step (2) runs on x and the group pass skips groups whose
-// key cannot reach the best one so far (K_g <= m_g + kGroupKeyBound * s).
+// key cannot beat the best one of the earlier chunks (group_cannot_win). The
+// group uniforms are drawn 256 groups at a time, and the two logs that make a
+// Gumbel of one only for groups whose key could still win (gumbel_bound): after
+// the first chunks a few percent of the groups. Keys of the others are -inf;
+// none of this changes which group or token wins, or any sum.
 //
 // Builds (setup.py, DMKERNELS_CPU_ARCH): generic (at::vec's portable Vec and
 // the scalar noise of noise.h), AVX2 (8-float Vec, the sampler's Philox, logs
 // and exps in 8 lanes) and AVX-512 (16 lanes: steps (1) and (2) in intrinsics,
-// the group pass 16 groups at a time, the group noise two noise groups per
-// Philox sweep; the winning group's element noise stays on the 8-lane code).
+// the group maxima and pass 16 groups at a time, the group noise eight noise
+// groups per Philox sweep in four independent chains; the winning group's
+// element noise stays on the 8-lane code).
 // The noise layout is defined on 8-float vectors, and 16 lanes hold two of them
 // side by side (two groups' Philox blocks, or a group's two halves). Every
 // quantity that picks a token is computed by the same IEEE operations in the
@@ -71,6 +80,46 @@ constexpr float kExpFloor = -100.0f;
 using Params = TokenStatsParams;  // token_stats.h: shared with denoise_stats.cpp
 
 constexpr int64_t kChunkGroups = kChunk / kNoiseGroup;
+// Group Gumbels are drawn for this many groups (four chunks) at a time.
+constexpr int64_t kGumbelBatch = 8 * kNoiseGroup;
+static_assert(kGumbelBatch % kChunkGroups == 0, "batches of whole chunks");
+
+// With two distributions the group pass skips the exps of a group that cannot
+// win: its key K = m + (log_f32(S) + G) s (group_key) with log_f32(S) replaced
+// by kLogGroupMass, which exceeds log_f32(S) for every S <= 32 (log 32 = 3.466),
+// computed by the same unfused steps. Each step rounds monotonically, so K is at
+// most this bound, and a bound below the best key of the earlier chunks means a
+// key that cannot beat it (nor tie it: the lower group wins ties). Tighter than
+// kGroupKeyBound because the group's Gumbel G is drawn first.
+constexpr float kLogGroupMass = 3.5f;
+inline bool group_cannot_win(float m, float G, float s, float best) { return m + (kLogGroupMass + G) * s < best; }
+
+// An upper bound of the Gumbel gumbel_from_bits makes of the uniform u, without
+// its two logs: G = -log(-log u) <= -log(1 - u) (-log u >= 1 - u), and for
+// t = 1 - u (exact) -log2 t <= 127 - bits(t) / 2^23 (bits(t) / 2^23 - 127 is
+// linear between powers of two, below the concave log2). 0.01 covers the
+// roundings of log_f32 and of this arithmetic (checked over all 2^23 u: G is
+// at least 0.01 below). The group pass draws a group's exact Gumbel only when
+// its key, with this bound, could still win.
+inline float gumbel_bound(float u) {
+  const float t = 1.0f - u;
+  uint32_t bits;
+  std::memcpy(&bits, &t, sizeof(bits));
+  return (127.0f - static_cast<float>(bits) * 0x1p-23f) * 0.6931472f + 0.01f;
+}
+
+// Prefetches of the next chunk of a row, `step` bytes per call of next(), spread
+// over a pass that is bound by arithmetic: the chunk's memory reads then overlap
+// that arithmetic instead of following it (the hardware prefetcher only follows
+// the loads the code issues, and between two chunks it issues none).
+struct Prefetch {
+  const char* p = nullptr;
+  const char* end = nullptr;
+  int64_t step = 0;
+  inline void next() {
+    for (int64_t i = 0; i < step && p < end; i += 64, p += 64) __builtin_prefetch(p, 0, 3);
+  }
+};
 
 using RowOut = TokenStatsRow;
 
@@ -170,6 +219,8 @@ inline __m256 log8(__m256 x) {
   return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(e), _mm256_set1_ps(kLn2)), _mm256_mul_ps(f, q));
 }
 
+// kGumbel false: the uniforms u instead (gumbels() maps them on).
+template <bool kGumbel = true>
 inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, float* gumbel) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
@@ -197,7 +248,7 @@ inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, float
         _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(words[j], 9)), _mm256_set1_ps(0x1p-23f)),
         _mm256_set1_ps(0x1p-24f));
     const __m256 neg = _mm256_set1_ps(-0.0f);
-    _mm256_storeu_ps(gumbel + 8 * j, _mm256_xor_ps(log8(_mm256_xor_ps(log8(u), neg)), neg));
+    _mm256_storeu_ps(gumbel + 8 * j, kGumbel ? _mm256_xor_ps(log8(_mm256_xor_ps(log8(u), neg)), neg) : u);
   }
 }
 
@@ -226,6 +277,7 @@ inline __m512 log16(__m512 x) {
   return _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(e), _mm512_set1_ps(kLn2)), _mm512_mul_ps(f, q));
 }
 
+template <bool kGumbel = true>
 inline void noise_group2(const NoiseKey& key, uint32_t row, uint32_t group, float* gumbel) {
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
@@ -252,9 +304,53 @@ inline void noise_group2(const NoiseKey& key, uint32_t row, uint32_t group, floa
     const __m512 u = _mm512_add_ps(
         _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(words[j], 9)), _mm512_set1_ps(0x1p-23f)),
         _mm512_set1_ps(0x1p-24f));
-    const __m512 g = _mm512_xor_ps(log16(_mm512_xor_ps(log16(u), neg)), neg);
+    const __m512 g = kGumbel ? _mm512_xor_ps(log16(_mm512_xor_ps(log16(u), neg)), neg) : u;
     _mm256_storeu_ps(gumbel + 8 * j, _mm512_castps512_ps256(g));  // lanes 0-7: group
     _mm256_storeu_ps(gumbel + 32 + 8 * j, _mm512_extractf32x8_ps(g, 1));  // lanes 8-15: group + 1
+  }
+}
+
+// noise_group2 for groups group .. group + 7 (gumbel[0 .. 256)): four
+// independent Philox chains side by side, so that their latencies overlap.
+template <bool kGumbel = true>
+inline void noise_group8(const NoiseKey& key, uint32_t row, uint32_t group, float* gumbel) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512i c0[4], c1[4], c2[4], c3[4];
+  for (int c = 0; c < 4; ++c) {
+    c0[c] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>((group + 2 * c) * kNoiseBlocksPerGroup)), lanes);
+    c1[c] = _mm512_set1_epi32(static_cast<int>(row));
+    c2[c] = _mm512_set1_epi32(static_cast<int>(key.offset_lo));
+    c3[c] = _mm512_set1_epi32(static_cast<int>(key.offset_hi));
+  }
+  uint32_t k0 = key.seed_lo, k1 = key.seed_hi;
+  for (int round = 0; round < 10; ++round) {
+    const __m512i vk0 = _mm512_set1_epi32(static_cast<int>(k0)), vk1 = _mm512_set1_epi32(static_cast<int>(k1));
+    for (int c = 0; c < 4; ++c) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo16(c0[c], m0, hi0, lo0);
+      mulhilo16(c2[c], m1, hi1, lo1);
+      c0[c] = _mm512_xor_si512(_mm512_xor_si512(hi1, c1[c]), vk0);
+      c1[c] = lo1;
+      c2[c] = _mm512_xor_si512(_mm512_xor_si512(hi0, c3[c]), vk1);
+      c3[c] = lo0;
+    }
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  const __m512 neg = _mm512_set1_ps(-0.0f);
+  for (int c = 0; c < 4; ++c) {
+    const __m512i words[4] = {c0[c], c1[c], c2[c], c3[c]};
+    float* out = gumbel + 64 * c;
+    for (int j = 0; j < 4; ++j) {
+      const __m512 u = _mm512_add_ps(
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(words[j], 9)), _mm512_set1_ps(0x1p-23f)),
+          _mm512_set1_ps(0x1p-24f));
+      const __m512 g = kGumbel ? _mm512_xor_ps(log16(_mm512_xor_ps(log16(u), neg)), neg) : u;
+      _mm256_storeu_ps(out + 8 * j, _mm512_castps512_ps256(g));
+      _mm256_storeu_ps(out + 32 + 8 * j, _mm512_extractf32x8_ps(g, 1));
+    }
   }
 }
 #endif
@@ -282,9 +378,9 @@ inline __m256 exp8(__m256 d) {
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// exp_f32 of noise.h on 16 lanes: exp8 lane for lane, the same bits.
-inline __m512 exp16(__m512 d) {
-  d = _mm512_max_ps(d, _mm512_set1_ps(kExpFlush));
+// exp_f32 of noise.h on 16 lanes for d already clamped (d >= kExpFlush, as
+// group_d clamps it): exp8 lane for lane, the same bits.
+inline __m512 exp16_clamped(__m512 d) {
   const __m512 t = _mm512_fmadd_ps(d, _mm512_set1_ps(kLog2e), _mm512_set1_ps(kExpRound));
   const __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(kExpRound));
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kExpC1), d);
@@ -295,39 +391,55 @@ inline __m512 exp16(__m512 d) {
   q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kExpQ2));
   q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kExpQ1));
   q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
-  const __m512 p = _mm512_fmadd_ps(r, q, _mm512_set1_ps(1.0f));
-  const __m512i sbits = _mm512_slli_epi32(
-      _mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(static_cast<int>(127u - 0x4B400000u))), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(sbits));
+  // p * 2^n by vscalefps: with d >= -86, n >= -124 and p in (0.7, 1.5), so both
+  // 2^n and the product are normal and exact, the bits of exp8's p * 2^n.
+  return _mm512_scalef_ps(_mm512_fmadd_ps(r, q, _mm512_set1_ps(1.0f)), n);
 }
 
-// The sums of group g alone (contract as group_pass), the 16-lane group pass's
-// path for groups it does not take 16 at a time: a group is two vectors, and
-// group_sum32's first fold (a[k] + a[k + 16]) is their sum, its second
+// d = (w - m) / s for one vector of a group (w = x * c), clamped at kExpFlush
+// as exp_f32 clamps it and as the A term uses it. A multiply by c that is by 1 is
+// left out (x * 1 == x: the same bits). kS: 0 when 1 / s = 1 (no multiply),
+// 2 for (w - m) * (1 / s) as the spec writes it, 1 for the same value in one
+// fused step, fma(w, 1 / s, vm) with vm = -(m / s): 1 / s = 2^k is a power of
+// two, so -(m / s) is exact when finite (the caller checks), and rounding the
+// exact (w - m) 2^k once gives round(w - m) 2^k, the spec's value, short of
+// overflow, which only reaches d far below the clamp, where both clamp alike
+// (a subnormal w - m is exact to begin with).
+template <bool kMulC, int kS>
+inline __m512 group_d(const float* src, __m512 vc, __m512 vm, __m512 vis) {
+  __m512 w = _mm512_loadu_ps(src);
+  if constexpr (kMulC) w = _mm512_mul_ps(w, vc);
+  __m512 d;
+  if constexpr (kS == 1) {
+    d = _mm512_fmadd_ps(w, vis, vm);
+  } else {
+    d = _mm512_sub_ps(w, vm);
+    if constexpr (kS == 2) d = _mm512_mul_ps(d, vis);
+  }
+  return _mm512_max_ps(d, _mm512_set1_ps(kExpFlush));
+}
+
+// The sums of a live group g alone (contract as group_pass), the 16-lane group
+// pass's path for groups it does not take 16 at a time: a group is two vectors,
+// and group_sum32's first fold (a[k] + a[k + 16]) is their sum, its second
 // (a[k] + a[k + 8]) the sum of that vector's halves, the rest as in the 8-lane
 // version.
-inline void group_sums(const float* buf, int64_t g, const Params& p, bool want_a, float skip_below, float reach,
-                       __m512 vc, __m512 vis, __m512 lo, const float* gm, float* gS, float* gA) {
-  const float m = gm[g];
-  if (m == kNegInf) {
-    gS[g] = 0.0f;
-    gA[g] = 0.0f;
-    return;
-  }
-  if (m + reach < skip_below) {
-    gS[g] = -1.0f;
-    return;
+template <bool kMulC, int kS>
+inline void group_sums(const float* buf, int64_t g, bool want_a, __m512 vc, float inv_s, const float* gm, float* gS,
+                       float* gA) {
+  if constexpr (kS == 1) {  // group_d's fused form needs -(m / s) finite
+    if (!std::isfinite(gm[g] * -inv_s)) return group_sums<kMulC, 2>(buf, g, want_a, vc, inv_s, gm, gS, gA);
   }
   const float* src = buf + g * kGroup;
-  const __m512 vm = _mm512_set1_ps(m);
-  const __m512 d0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(src), vc), vm), vis);
-  const __m512 d1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(src + 16), vc), vm), vis);
-  const __m512 e0 = exp16(d0), e1 = exp16(d1);
+  const __m512 vis = _mm512_set1_ps(inv_s);
+  const __m512 vm = _mm512_set1_ps(kS == 1 ? gm[g] * -inv_s : gm[g]);
+  const __m512 d0 = group_d<kMulC, kS>(src, vc, vm, vis), d1 = group_d<kMulC, kS>(src + 16, vc, vm, vis);
+  const __m512 e0 = exp16_clamped(d0), e1 = exp16_clamped(d1);
   const __m512 t16 = _mm512_add_ps(e0, e1);  // a[k] + a[k + 16]
   const __m256 t = _mm256_add_ps(_mm512_castps512_ps256(t16), _mm512_extractf32x8_ps(t16, 1));  // + a[k + 8]
   __m256 a = _mm256_setzero_ps();
-  if (want_a) {  // d as exp16 clamps it
-    const __m512 a16 = _mm512_fmadd_ps(e1, _mm512_max_ps(d1, lo), _mm512_mul_ps(e0, _mm512_max_ps(d0, lo)));
+  if (want_a) {
+    const __m512 a16 = _mm512_fmadd_ps(e1, d1, _mm512_mul_ps(e0, d0));
     a = _mm256_add_ps(_mm512_castps512_ps256(a16), _mm512_extractf32x8_ps(a16, 1));
   }
   // + a[k + 4], + a[k + 2], + a[k + 1]; the A sum rides along in the upper half.
@@ -338,110 +450,169 @@ inline void group_sums(const float* buf, int64_t g, const Params& p, bool want_a
   gA[g] = _mm_cvtss_f32(_mm256_extractf128_ps(x, 1));
 }
 
-// Reduces v[0 .. 16) lane-wise in halving folds, with op (add or max): the
-// result's lane 4j + i belongs to v[4i + j] (restore the order with
-// kFoldOrder) and is ((v[k] op v[k + 8]) op (.. k + 4)) op .., the fold order of
-// group_sum32 after its first step. Destroys v.
+// Reduces v[0 .. 16) lane-wise in halving folds, with op (add or max, both
+// commutative): the result's lane l(g) (fold_order) holds
+// ((v[g][k] op v[g][k + 8]) op (.. k + 4)) op .., the fold order of
+// group_sum32 after its first step. Each step pairs two vectors with a blend
+// and one shuffle (the operands of each op are those of the fold, in either
+// order). Destroys v.
 template <typename Op>
 inline __m512 fold16x16(__m512* v, Op op) {
-  for (int i = 0; i < 8; ++i)  // a[k] op a[k + 8]: two vectors' halves side by side
-    v[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-  for (int i = 0; i < 4; ++i)  // a[k] op a[k + 4]: quads 0 and 1, 2 and 3
-    v[i] = op(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-              _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  for (int i = 0; i < 2; ++i)  // a[k] op a[k + 2] within each quad
-    v[i] = op(_mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
-              _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int i = 0; i < 8; ++i)  // a[k] op a[k + 8]: [A.lo, B.hi] op [A.hi, B.lo]
+    v[i] = op(_mm512_mask_blend_ps(0xFF00, v[2 * i], v[2 * i + 1]), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x4E));
+  const __m512i quads = _mm512_setr_epi32(4, 5, 6, 7, 16, 17, 18, 19, 12, 13, 14, 15, 24, 25, 26, 27);
+  for (int i = 0; i < 4; ++i)  // a[k] op a[k + 4]: [A.q0, B.q1, A.q2, B.q3] op [A.q1, B.q0, A.q3, B.q2]
+    v[i] = op(_mm512_mask_blend_ps(0xF0F0, v[2 * i], v[2 * i + 1]), _mm512_permutex2var_ps(v[2 * i], quads, v[2 * i + 1]));
+  for (int i = 0; i < 2; ++i)  // a[k] op a[k + 2] within each quad: [a0 a1 b2 b3] op [a2 a3 b0 b1]
+    v[i] = op(_mm512_mask_blend_ps(0xCCCC, v[2 * i], v[2 * i + 1]),
+              _mm512_shuffle_ps(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 3, 2)));
   return op(_mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),  // a[0] op a[1]
             _mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-// Lane of fold16x16's result holding v[g]: 4 (g % 4) + g / 4.
+// fold16x16's result in group order: lane l(g) = g / 4 + 4 b(g % 4), where b
+// swaps the two bits (found by tracing the steps above symbolically).
 inline __m512 fold_order(__m512 r) {
-  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r);
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 8, 4, 12, 1, 9, 5, 13, 2, 10, 6, 14, 3, 11, 7, 15), r);
+}
+
+// The maxima of the raw logits of a chunk's ng groups (contract as the 8-lane
+// version below), 16 groups at a time sharing the horizontal folds.
+inline bool group_maxima(const float* buf, int64_t ng, float* gx) {
+  const auto vmax = [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); };
+  __mmask16 nan = 0;
+  int64_t g = 0;
+  for (; g + 16 <= ng; g += 16) {
+    const float* src = buf + g * kGroup;
+    __m512 v[16];
+    for (int k = 0; k < 16; ++k) {
+      const __m512 a = _mm512_loadu_ps(src + 32 * k), b = _mm512_loadu_ps(src + 32 * k + 16);
+      nan |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q);  // either one a NaN
+      v[k] = _mm512_max_ps(a, b);
+    }
+    _mm512_storeu_ps(gx + g, fold_order(fold16x16(v, vmax)));
+  }
+  for (; g < ng; ++g) {
+    const float* src = buf + g * kGroup;
+    const __m512 a = _mm512_loadu_ps(src), b = _mm512_loadu_ps(src + 16);
+    nan |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q);
+    gx[g] = _mm512_reduce_max_ps(_mm512_max_ps(a, b));
+  }
+  return nan != 0;
 }
 
 // The group pass on 16 lanes (contract as the 8-lane one below): 16 groups at
 // a time sharing the horizontal folds (fold16x16), else group by group
 // (group_sums). Every element's exp is exp8's and every S_g is folded in
 // group_sum32's order, so the group results, and with them the tokens, are
-// those of the AVX2 build (a maximum is exact in any order).
-inline void group_pass(const float* buf, int64_t ng, const Params& p, bool want_a, float skip_below, float reach,
-                       float* gm, float* gS, float* gA) {
-  const __m512 vc = _mm512_set1_ps(p.key_scales.c);
-  const auto vmax = [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); };
+// those of the AVX2 build.
+template <bool kMulC, bool kMulS>
+inline void group_pass_t(const float* buf, int64_t ng, const Params& p, bool want_a, float best, const float* gG,
+                         const float* gm, float* gS, float* gA, Prefetch& pf) {
+  constexpr int kS = kMulS ? 1 : 0;  // group_d
+  const float inv_s = p.inv_s;
+  const __m512 vc = _mm512_set1_ps(p.key_scales.c), vis = _mm512_set1_ps(inv_s);
   const auto vadd = [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); };
-  const __m512 vis = _mm512_set1_ps(p.inv_s), lo = _mm512_set1_ps(kExpFlush);
+  const float s = p.key_scales.s;
+  const bool skip = best > kNegInf;
   int64_t g = 0;
-  // 16 groups at a time: the maxima, and (when no group of the 16 is skipped)
-  // the exps and sums, with the horizontal folds shared by the 16 groups.
   for (; g + 16 <= ng; g += 16) {
+    for (int k = 0; k < 16; ++k) pf.next();
     const float* src = buf + g * kGroup;
-    __m512 v[16];
-    for (int k = 0; k < 16; ++k)
-      v[k] = _mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(src + 32 * k), vc),
-                           _mm512_mul_ps(_mm512_loadu_ps(src + 32 * k + 16), vc));
-    const __m512 m16 = fold_order(fold16x16(v, vmax));
-    _mm512_storeu_ps(gm + g, m16);
+    const __m512 m16 = _mm512_loadu_ps(gm + g);
     const __mmask16 empty = _mm512_cmp_ps_mask(m16, _mm512_set1_ps(kNegInf), _CMP_EQ_OQ);
-    const __mmask16 skipped = _mm512_cmp_ps_mask(_mm512_add_ps(m16, _mm512_set1_ps(reach)),
-                                                 _mm512_set1_ps(skip_below), _CMP_LT_OQ) & ~empty;
-    if (skipped) {  // some groups need no exps: the one-group code below
-      for (int64_t h = g; h < g + 16; ++h) group_sums(buf, h, p, want_a, skip_below, reach, vc, vis, lo, gm, gS, gA);
+    __mmask16 skipped = 0;
+    if (skip) {  // group_cannot_win, lane for lane
+      const __m512 bound = _mm512_add_ps(
+          m16, _mm512_mul_ps(_mm512_add_ps(_mm512_set1_ps(kLogGroupMass), _mm512_loadu_ps(gG + g)), _mm512_set1_ps(s)));
+      skipped = _mm512_cmp_ps_mask(bound, _mm512_set1_ps(best), _CMP_LT_OQ) & ~empty;
+    }
+    __mmask16 unfused = 0;  // -(m / s) overflows: group_sums takes the spec's steps
+    if constexpr (kS == 1) {
+      unfused = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_mul_ps(m16, _mm512_set1_ps(-inv_s))),
+                                   _mm512_set1_ps(std::numeric_limits<float>::infinity()), _CMP_EQ_OQ) & ~empty;
+    }
+    if (skipped | unfused) {  // some groups need no exps, or other ones: group by group
+      for (int k = 0; k < 16; ++k) {
+        if ((empty >> k) & 1) {
+          gS[g + k] = 0.0f;
+          gA[g + k] = 0.0f;
+        } else if ((skipped >> k) & 1) {
+          gS[g + k] = -1.0f;
+        } else {
+          group_sums<kMulC, kS>(buf, g + k, want_a, vc, inv_s, gm, gS, gA);
+        }
+      }
       continue;
     }
-    __m512 a[16];
+    __m512 v[16], a[16];
     for (int k = 0; k < 16; ++k) {
-      const __m512 vm = _mm512_set1_ps(gm[g + k]);
-      const __m512 d0 = _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(src + 32 * k), vc), vm), vis);
-      const __m512 d1 = _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(src + 32 * k + 16), vc), vm), vis);
-      const __m512 e0 = exp16(d0), e1 = exp16(d1);
+      const __m512 vm = _mm512_set1_ps(kS == 1 ? gm[g + k] * -inv_s : gm[g + k]);
+      const __m512 d0 = group_d<kMulC, kS>(src + 32 * k, vc, vm, vis);
+      const __m512 d1 = group_d<kMulC, kS>(src + 32 * k + 16, vc, vm, vis);
+      const __m512 e0 = exp16_clamped(d0), e1 = exp16_clamped(d1);
       v[k] = _mm512_add_ps(e0, e1);  // a[k] + a[k + 16]
-      if (want_a) a[k] = _mm512_fmadd_ps(e1, _mm512_max_ps(d1, lo), _mm512_mul_ps(e0, _mm512_max_ps(d0, lo)));
+      if (want_a) a[k] = _mm512_fmadd_ps(e1, d1, _mm512_mul_ps(e0, d0));
     }
     // Empty groups (all -inf: their exps are NaN) get S = A = 0.
     _mm512_storeu_ps(gS + g, _mm512_maskz_mov_ps(~empty, fold_order(fold16x16(v, vadd))));
     if (want_a) _mm512_storeu_ps(gA + g, _mm512_maskz_mov_ps(~empty, fold_order(fold16x16(a, vadd))));
   }
   for (; g < ng; ++g) {
-    const float* src = buf + g * kGroup;
-    gm[g] = _mm512_reduce_max_ps(
-        _mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(src), vc), _mm512_mul_ps(_mm512_loadu_ps(src + 16), vc)));
-    group_sums(buf, g, p, want_a, skip_below, reach, vc, vis, lo, gm, gS, gA);
+    pf.next();
+    if (gm[g] == kNegInf) {
+      gS[g] = 0.0f;
+      gA[g] = 0.0f;
+    } else if (skip && group_cannot_win(gm[g], gG[g], s, best)) {
+      gS[g] = -1.0f;
+    } else {
+      group_sums<kMulC, kS>(buf, g, want_a, vc, inv_s, gm, gS, gA);
+    }
   }
 }
 #else
-// The sampler's group pass over a chunk of ng groups (noise.h): gm[g] = max of
-// w = x * c over the group; gS[g] = group_sum32 of the canonical exps, 0 for an
-// empty group (gm = -inf), -1 for a group whose key cannot reach skip_below
-// (gm + reach below it); gA[g] = sum e (w - gm) / s (a score sum, any order)
-// when want_a. In phases over the whole chunk (maxima, then exps and sums), so
-// that independent groups overlap instead of one group's dependency chain
-// (max -> exps -> sum) setting the pace. (A row with a NaN is invalid whatever
-// this computes for it.)
-inline void group_pass(const float* buf, int64_t ng, const Params& p, bool want_a, float skip_below, float reach,
-                       float* gm, float* gS, float* gA) {
-  const __m256 vc = _mm256_set1_ps(p.key_scales.c);
+// The maxima of the raw logits of a chunk's ng groups into gx (the sampler's
+// m_g is gx * c: c > 0, and rounding is monotonic, so that is the maximum of
+// w = x * c too); true when the chunk holds a NaN.
+inline bool group_maxima(const float* buf, int64_t ng, float* gx) {
+  __m256 nan = _mm256_setzero_ps();
   for (int64_t g = 0; g < ng; ++g) {
     const float* src = buf + g * kGroup;
-    const __m256 m01 = _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(src), vc), _mm256_mul_ps(_mm256_loadu_ps(src + 8), vc));
-    const __m256 m23 =
-        _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(src + 16), vc), _mm256_mul_ps(_mm256_loadu_ps(src + 24), vc));
-    const __m256 mx = _mm256_max_ps(m01, m23);
+    const __m256 x0 = _mm256_loadu_ps(src), x1 = _mm256_loadu_ps(src + 8);
+    const __m256 x2 = _mm256_loadu_ps(src + 16), x3 = _mm256_loadu_ps(src + 24);
+    nan = _mm256_or_ps(nan, _mm256_or_ps(_mm256_cmp_ps(x0, x1, _CMP_UNORD_Q), _mm256_cmp_ps(x2, x3, _CMP_UNORD_Q)));
+    const __m256 mx = _mm256_max_ps(_mm256_max_ps(x0, x1), _mm256_max_ps(x2, x3));
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
-    gm[g] = _mm_cvtss_f32(h);
+    gx[g] = _mm_cvtss_f32(h);
   }
+  return _mm256_movemask_ps(nan) != 0;
+}
+
+// The sampler's group pass over a chunk of ng groups (noise.h), given the group
+// maxima gm of w = x * c: gS[g] = group_sum32 of the canonical exps, 0 for an
+// empty group (gm = -inf), -1 for a group that cannot beat `best`
+// (group_cannot_win with its Gumbel gG[g]; -inf: no skipping); gA[g] =
+// sum e (w - gm) / s (a score sum, any order) when want_a. A multiply by c or
+// 1 / s that is by 1 is left out (the same bits). (A row with a NaN is invalid
+// whatever this computes for it.)
+template <bool kMulC, bool kMulS>
+inline void group_pass_t(const float* buf, int64_t ng, const Params& p, bool want_a, float best, const float* gG,
+                         const float* gm, float* gS, float* gA, Prefetch& pf) {
+  const __m256 vc = _mm256_set1_ps(p.key_scales.c);
   const __m256 vis = _mm256_set1_ps(p.inv_s), lo = _mm256_set1_ps(kExpFlush);
+  const float s = p.key_scales.s;
+  const bool skip = best > kNegInf;
   for (int64_t g = 0; g < ng; ++g) {
+    pf.next();
     const float m = gm[g];
     if (m == kNegInf) {
       gS[g] = 0.0f;
       gA[g] = 0.0f;
       continue;
     }
-    if (m + reach < skip_below) {
+    if (skip && group_cannot_win(m, gG[g], s, best)) {
       gS[g] = -1.0f;
       continue;
     }
@@ -449,7 +620,10 @@ inline void group_pass(const float* buf, int64_t ng, const Params& p, bool want_
     const __m256 vm = _mm256_set1_ps(m);
     __m256 e[4], a = _mm256_setzero_ps();
     for (int k = 0; k < 4; ++k) {
-      const __m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(src + 8 * k), vc), vm), vis);
+      __m256 w = _mm256_loadu_ps(src + 8 * k);
+      if constexpr (kMulC) w = _mm256_mul_ps(w, vc);
+      __m256 d = _mm256_sub_ps(w, vm);
+      if constexpr (kMulS) d = _mm256_mul_ps(d, vis);
       e[k] = exp8(d);
       if (want_a) a = _mm256_add_ps(a, _mm256_mul_ps(e[k], _mm256_max_ps(d, lo)));  // d as exp8 clamps it
     }
@@ -471,6 +645,16 @@ inline void group_pass(const float* buf, int64_t ng, const Params& p, bool want_
 // where S <= 0 (an empty or a skipped group).
 inline void group_keys(const float* m, const float* S, const float* G, int64_t n, float s, float* K) {
   int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  for (; i + 16 <= n; i += 16) {  // the 8-lane steps below, 16 lanes at a time
+    const __m512 vS = _mm512_loadu_ps(S + i);
+    const __mmask16 live = _mm512_cmp_ps_mask(vS, _mm512_setzero_ps(), _CMP_GT_OQ);
+    const __m512 lg = log16(_mm512_mask_mov_ps(_mm512_set1_ps(1.0f), live, vS));
+    const __m512 k = _mm512_add_ps(_mm512_loadu_ps(m + i),
+                                   _mm512_mul_ps(_mm512_add_ps(lg, _mm512_loadu_ps(G + i)), _mm512_set1_ps(s)));
+    _mm512_storeu_ps(K + i, _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), live, k));
+  }
+#endif
   const __m256 vs = _mm256_set1_ps(s), zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
   for (; i + 8 <= n; i += 8) {
     const __m256 vS = _mm256_loadu_ps(S + i);
@@ -482,38 +666,128 @@ inline void group_keys(const float* m, const float* S, const float* G, int64_t n
   }
   for (; i < n; ++i) K[i] = S[i] > 0.0f ? group_key(m[i], S[i], G[i], s) : kNegInf;
 }
+
+// Whether one of b[0 .. n) holds, n a multiple of 8.
+inline bool any_of(const bool* b, int64_t n) {
+  uint64_t r = 0;
+  for (int64_t i = 0; i < n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, b + i, sizeof(w));
+    r |= w;
+  }
+  return r != 0;
+}
+
+// need[g] = the group is live and its key, with gumbel_bound, could still beat
+// best (not group_cannot_win); whether any does. Lane for lane the scalar steps.
+inline bool candidates(const float* gm, const float* u, int64_t n, float s, float best, bool* need) {
+  int64_t i = 0;
+  bool any = false;
+#if defined(CPU_CAPABILITY_AVX512)
+  for (; i + 16 <= n; i += 16) {
+    const __m512 t = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_loadu_ps(u + i));
+    const __m512 gb = _mm512_add_ps(
+        _mm512_mul_ps(_mm512_sub_ps(_mm512_set1_ps(127.0f),
+                                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_castps_si512(t)), _mm512_set1_ps(0x1p-23f))),
+                      _mm512_set1_ps(0.6931472f)),
+        _mm512_set1_ps(0.01f));
+    const __m512 m = _mm512_loadu_ps(gm + i);
+    const __m512 bound =
+        _mm512_add_ps(m, _mm512_mul_ps(_mm512_add_ps(_mm512_set1_ps(kLogGroupMass), gb), _mm512_set1_ps(s)));
+    const __mmask16 live = _mm512_cmp_ps_mask(m, _mm512_set1_ps(kNegInf), _CMP_NEQ_OQ);
+    const __mmask16 k = _mm512_mask_cmp_ps_mask(live, bound, _mm512_set1_ps(best), _CMP_NLT_UQ);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(need + i), _mm_maskz_mov_epi8(k, _mm_set1_epi8(1)));
+    any |= k != 0;
+  }
+#endif
+  for (; i < n; ++i) {
+    need[i] = gm[i] > kNegInf && !group_cannot_win(gm[i], gumbel_bound(u[i]), s, best);
+    any |= need[i];
+  }
+  return any;
+}
+
+// Gumbels of the uniforms u[0 .. n) (noise_group's last steps, lane for lane)
+// for every vector of groups where need holds for one of them, -inf for the
+// other vectors.
+inline void gumbels(const float* u, const bool* need, int64_t n, float* G) {
+  int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  for (; i + 16 <= n; i += 16) {
+    const __m512 neg = _mm512_set1_ps(-0.0f);
+    _mm512_storeu_ps(G + i, any_of(need + i, 16)
+                                ? _mm512_xor_ps(log16(_mm512_xor_ps(log16(_mm512_loadu_ps(u + i)), neg)), neg)
+                                : _mm512_set1_ps(kNegInf));
+  }
+#endif
+  for (; i + 8 <= n; i += 8) {
+    const __m256 neg = _mm256_set1_ps(-0.0f);
+    _mm256_storeu_ps(G + i, any_of(need + i, 8)
+                                ? _mm256_xor_ps(log8(_mm256_xor_ps(log8(_mm256_loadu_ps(u + i)), neg)), neg)
+                                : _mm256_set1_ps(kNegInf));
+  }
+  for (; i < n; ++i) G[i] = need[i] ? -log_f32(-log_f32(u[i])) : kNegInf;
+}
 #else
+template <bool kGumbel = true>
 inline void noise_group(const NoiseKey& key, uint32_t row, uint32_t group, float* gumbel) {
   for (uint32_t b = 0; b < kNoiseBlocksPerGroup; ++b) {
     const Philox4x32 w = noise_block(key, row, group * kNoiseBlocksPerGroup + b);
-    for (int j = 0; j < 4; ++j) gumbel[8 * j + b] = gumbel_from_bits(w.v[j]);
+    for (int j = 0; j < 4; ++j) gumbel[8 * j + b] = kGumbel ? gumbel_from_bits(w.v[j]) : uniform_from_bits(w.v[j]);
   }
 }
 
-// Portable group pass: noise.h's scalar functions (contract as the AVX2 version).
-inline void group_pass(const float* buf, int64_t ng, const Params& p, bool want_a, float skip_below, float reach,
-                       float* gm, float* gS, float* gA) {
+// Gumbels of the uniforms u[0 .. n) (gumbel_from_bits' last steps) where
+// need[i] holds, -inf elsewhere (the vector builds: whole vectors of groups).
+inline void gumbels(const float* u, const bool* need, int64_t n, float* G) {
+  for (int64_t i = 0; i < n; ++i) G[i] = need[i] ? -log_f32(-log_f32(u[i])) : kNegInf;
+}
+
+inline bool candidates(const float* gm, const float* u, int64_t n, float s, float best, bool* need) {
+  bool any = false;
+  for (int64_t i = 0; i < n; ++i) {
+    need[i] = gm[i] > kNegInf && !group_cannot_win(gm[i], gumbel_bound(u[i]), s, best);
+    any |= need[i];
+  }
+  return any;
+}
+
+// Portable versions: noise.h's scalar functions (contracts as the AVX2 ones).
+inline bool group_maxima(const float* buf, int64_t ng, float* gx) {
+  bool nan = false;
   for (int64_t g = 0; g < ng; ++g) {
     const float* src = buf + g * kGroup;
-    float w[kNoiseGroup], e[kNoiseGroup];
     float m = kNegInf;
     for (int64_t k = 0; k < kNoiseGroup; ++k) {
-      w[k] = src[k] * p.key_scales.c;
-      m = w[k] > m ? w[k] : m;
+      nan |= std::isnan(src[k]);
+      m = src[k] > m ? src[k] : m;
     }
-    gm[g] = m;
+    gx[g] = m;
+  }
+  return nan;
+}
+
+template <bool kMulC, bool kMulS>
+inline void group_pass_t(const float* buf, int64_t ng, const Params& p, bool want_a, float best, const float* gG,
+                         const float* gm, float* gS, float* gA, Prefetch& pf) {
+  const float s = p.key_scales.s;
+  const bool skip = best > kNegInf;
+  for (int64_t g = 0; g < ng; ++g) {
+    pf.next();
+    const float* src = buf + g * kGroup;
+    const float m = gm[g];
     if (m == kNegInf) {
       gS[g] = 0.0f;
       gA[g] = 0.0f;
       continue;
     }
-    if (m + reach < skip_below) {
+    if (skip && group_cannot_win(m, gG[g], s, best)) {
       gS[g] = -1.0f;
       continue;
     }
-    float a = 0.0f;
+    float e[kNoiseGroup], a = 0.0f;
     for (int64_t k = 0; k < kNoiseGroup; ++k) {
-      const float d = (w[k] - m) * p.inv_s;
+      const float d = (src[k] * p.key_scales.c - m) * p.inv_s;
       e[k] = exp_f32(d);
       a += e[k] * std::max(d, kExpFlush);
     }
@@ -527,9 +801,31 @@ inline void group_keys(const float* m, const float* S, const float* G, int64_t n
 }
 #endif
 
+// group_pass_t with the multiplies by 1 left out.
+inline void group_pass(const float* buf, int64_t ng, const Params& p, bool want_a, float best, const float* gG,
+                       const float* gm, float* gS, float* gA, Prefetch& pf) {
+  const bool mul_c = p.key_scales.c != 1.0f, mul_s = p.inv_s != 1.0f;
+  if (mul_c && mul_s) {
+    group_pass_t<true, true>(buf, ng, p, want_a, best, gG, gm, gS, gA, pf);
+  } else if (mul_c) {
+    group_pass_t<true, false>(buf, ng, p, want_a, best, gG, gm, gS, gA, pf);
+  } else if (mul_s) {
+    group_pass_t<false, true>(buf, ng, p, want_a, best, gG, gm, gS, gA, pf);
+  } else {
+    group_pass_t<false, false>(buf, ng, p, want_a, best, gG, gm, gS, gA, pf);
+  }
+}
+
 // Gumbels of groups [g0, g0 + n) of `row` (the group stream of noise.h): 32
 // groups per vectorised draw, groups laid out like columns.
-inline void group_gumbels(const NoiseKey& key, uint32_t row, int64_t g0, int64_t n, float* out) {
+template <bool kGumbel>
+inline void group_noise(const NoiseKey& key, uint32_t row, int64_t g0, int64_t n, float* out) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (g0 % kNoiseGroup == 0 && n == kGumbelBatch) {
+    noise_group8<kGumbel>(key, row, static_cast<uint32_t>(kGroupStream / kNoiseBlocksPerGroup + g0 / kNoiseGroup), out);
+    return;
+  }
+#endif
   alignas(64) float tmp[2 * kNoiseGroup];
   const int64_t end = g0 + n;
   for (int64_t q = g0 / kNoiseGroup; q * kNoiseGroup < end;) {
@@ -537,13 +833,13 @@ inline void group_gumbels(const NoiseKey& key, uint32_t row, int64_t g0, int64_t
     int64_t span = 1;  // noise groups drawn in this step
 #if defined(CPU_CAPABILITY_AVX512)
     if ((q + 1) * kNoiseGroup < end) {
-      noise_group2(key, row, group, tmp);
+      noise_group2<kGumbel>(key, row, group, tmp);
       span = 2;
     } else {
-      noise_group(key, row, group, tmp);
+      noise_group<kGumbel>(key, row, group, tmp);
     }
 #else
-    noise_group(key, row, group, tmp);
+    noise_group<kGumbel>(key, row, group, tmp);
 #endif
     const int64_t lo = std::max(g0, q * kNoiseGroup), hi = std::min(end, (q + span) * kNoiseGroup);
     for (int64_t k = lo; k < hi; ++k) out[k - g0] = tmp[k - q * kNoiseGroup];
@@ -619,8 +915,8 @@ inline double hsum16(__m512 v) {
   return r;
 }
 
-// e^d for the sums, d <= 0: exp16's steps without its clamp at -86, and 2^n
-// by vscalefps, which underflows gradually to 0, so a -inf entry (d clamped to
+// e^d for the sums, d <= 0: exp16_clamped's steps on d not clamped at -86 (its
+// vscalefps underflows gradually to 0 there), so a -inf entry (d clamped to
 // kSumFloor: n = -159 and 2^n p = 0) adds exactly 0 to S and A.
 constexpr float kSumFloor = -110.0f;
 inline __m512 exp16_sum(__m512 d) {
@@ -638,11 +934,13 @@ inline __m512 exp16_sum(__m512 d) {
 }
 
 // Two accumulator pairs so that the add chains overlap.
-template <bool kScale>
-inline void exp_sums(const float* src, int64_t padded, float inv_t, float m, double& S, double& A) {
+template <bool kScale, bool kPrefetch = false>
+inline void exp_sums(const float* src, int64_t padded, float inv_t, float m, double& S, double& A,
+                     Prefetch* pf = nullptr) {
   const __m512 vinv = _mm512_set1_ps(inv_t), vm = _mm512_set1_ps(m), lo = _mm512_set1_ps(kSumFloor);
   __m512 sa = _mm512_setzero_ps(), sb = sa, aa = sa, ab = sa;
   for (int64_t i = 0; i < padded; i += 32) {
+    if constexpr (kPrefetch) pf->next();
     __m512 za = _mm512_loadu_ps(src + i), zb = _mm512_loadu_ps(src + i + 16);
     if constexpr (kScale) {
       za = _mm512_mul_ps(za, vinv);
@@ -700,11 +998,15 @@ inline void top_pass(const float* src, int64_t padded, int64_t col0, float inv_t
 
 inline float tops_max(const Tops& t) { return hmax(t.top1); }
 
-template <bool kScale>
-inline void exp_sums(const float* src, int64_t padded, float inv_t, float m, double& S, double& A) {
+template <bool kScale, bool kPrefetch = false>
+inline void exp_sums(const float* src, int64_t padded, float inv_t, float m, double& S, double& A,
+                     Prefetch* pf = nullptr) {
   const Vec vinv(inv_t), vm(m), floor_(kExpFloor);
   Vec s_acc(0.f), a_acc(0.f);
   for (int64_t i = 0; i < padded; i += kLanes) {
+    if constexpr (kPrefetch) {
+      if (i % kGroup == 0) pf->next();
+    }
     const Vec z = kScale ? Vec::loadu(src + i) * vinv : Vec::loadu(src + i);
     const Vec d = at::vec::maximum(z - vm, floor_);
     const Vec e = d.exp_u20();
@@ -734,51 +1036,44 @@ inline void tops_finish(const Tops& t, float m, bool& has_nan, float& second, in
 }
 #endif
 
+// Chunk [c0, c0 + n) of the padded row as floats: float32 chunks of whole
+// groups are read in place, the others copied to buf (converted, padded).
+// Returns the chunk and sets its padded length.
 template <typename T>
-RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf) {
-  const int64_t V = row.V + row.lead;  // the padded row
-  const bool scale_scores = p.sample && p.tempered_scores;
+inline const float* row_chunk(const T* x, const Row& row, int64_t c0, int64_t n, float* buf, int64_t& padded) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (c0 >= row.lead && n % kGroup == 0) {
+      padded = n;
+      return x + (c0 - row.lead);
+    }
+  }
+  padded = load_chunk(x, row.lead, c0, n, buf);
+  return buf;
+}
 
+// The running sums against a maximum that grows from m to m_new (see the top).
+inline void rescale_sums(float m, float m_new, double& S, double& A) {
+  if (m_new > m && S > 0.0) {
+    const double shift = static_cast<double>(m) - m_new;
+    const double r = std::exp(shift);
+    A = r * (A + shift * S);
+    S = r * S;
+  }
+}
+
+// The row at T = 0: steps (1) and (2), the token the first argmax.
+template <typename T>
+RowReduction reduce_row_argmax(const T* x, const Row& row, float* buf) {
+  const int64_t V = row.V + row.lead;  // the padded row
   // Per-lane running state. Columns are carried as floats (exact below 2^24).
   Tops tops;
-  float m = kNegInf;      // running maximum of the scores
+  float m = kNegInf;  // running maximum of the scores
   double S = 0.0, A = 0.0;
-  // The sampler: best group key so far and its group (of the padded row).
-  float best_key = kNegInf;
-  int64_t best_group = -1;
-  const float key_reach = kGroupKeyBound * p.key_scales.s;
-  // Per-chunk group results (padded to whole vectors with empty groups).
-  alignas(64) float gm[kChunkGroups], gS[kChunkGroups], gA[kChunkGroups], gG[kChunkGroups], gK[kChunkGroups];
-
   for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, V - c0);
-    // src holds the raw logits: the scores scale them on the fly, the sampler by
-    // c (noise.h), which x / T would not survive when it overflows. float32
-    // chunks of whole groups are read in place, the others copied to buf
-    // (converted, padded).
-    const float* src = buf;
     int64_t padded;
-    if constexpr (std::is_same_v<T, float>) {
-      if (c0 >= row.lead && n % kGroup == 0) {
-        src = x + (c0 - row.lead);
-        padded = n;
-      } else {
-        padded = load_chunk(x, row.lead, c0, n, buf);
-      }
-    } else {
-      padded = load_chunk(x, row.lead, c0, n, buf);
-    }
-
-    // (1) per-lane top-2, and the first argmax when it is the token (T = 0;
-    // the AVX-512 code leaves the columns out when sampling).
-    if (scale_scores) {
-      top_pass<true, false>(src, padded, c0, p.inv_temperature, tops);
-    } else if (p.sample) {
-      top_pass<false, false>(src, padded, c0, p.inv_temperature, tops);
-    } else {
-      top_pass<false, true>(src, padded, c0, p.inv_temperature, tops);
-    }
-
+    const float* src = row_chunk(x, row, c0, std::min(kChunk, V - c0), buf, padded);
+    // (1) per-lane top-2 and first argmax.
+    top_pass<false, true>(src, padded, c0, 1.0f, tops);
     // (2) exp sums against the new running maximum.
     const float m_new = std::max(m, tops_max(tops));
     if (!std::isfinite(m_new)) {
@@ -786,37 +1081,153 @@ RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf)
       if (!(m_new == kNegInf)) break;
       continue;
     }
-    if (m_new > m && S > 0.0) {
-      const double shift = static_cast<double>(m) - m_new;
-      const double r = std::exp(shift);
-      A = r * (A + shift * S);
-      S = r * S;
-    }
+    rescale_sums(m, m_new, S, A);
     m = m_new;
-    const Vec vm(m), floor_(kExpFloor);
-    if (!p.shared) {
-      if (scale_scores) {
-        exp_sums<true>(src, padded, p.inv_temperature, m, S, A);
-      } else {
-        exp_sums<false>(src, padded, p.inv_temperature, m, S, A);
-      }
-    }
-    if (!p.sample) continue;
+    exp_sums<false>(src, padded, 1.0f, m, S, A);
+  }
 
-    // (3) the group pass (noise.h, hierarchical Gumbel-max). With two
-    // distributions the sums are done, and groups that cannot beat the best key
-    // so far are skipped (slack for the rounding of K at large |K|).
+  RowReduction out;
+  bool has_nan;
+  int64_t col;  // in the padded row
+  tops_finish(tops, m, has_nan, out.second, col);
+  out.invalid = has_nan || m == std::numeric_limits<float>::infinity() || std::isnan(m);
+  if (out.invalid) return out;
+  out.m = m;
+  out.S = S;
+  out.A = A;
+  out.key = m;
+  if (m == kNegInf || col < 0) {  // an all -inf slice
+    out.key = kNegInf;
+    out.token = -1;
+    out.token_score = kNegInf;
+    return out;
+  }
+  out.token = row.col_base + col;
+  out.token_score = m;
+  return out;
+}
+
+// The largest of v[0 .. n) (no NaN among them).
+inline float max_of(const float* v, int64_t n) {
+  Vec acc(kNegInf);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) acc = at::vec::maximum(acc, Vec::loadu(v + i));
+  float r = hmax(acc);
+  for (; i < n; ++i) r = std::max(r, v[i]);
+  return r;
+}
+
+// The row at T > 0: per chunk the group maxima, step (2) with two
+// distributions, and step (3); the token from the winning group's element noise.
+template <typename T>
+RowReduction reduce_row_sample(const T* x, const Row& row, const Params& p, float* buf) {
+  const int64_t V = row.V + row.lead;  // the padded row
+  const bool scale_scores = p.tempered_scores;
+  float m = kNegInf;  // running maximum of the scores
+  double S = 0.0, A = 0.0;
+  bool has_nan = false;
+  // The row's largest group maximum of x so far, its first group (of the padded
+  // row) and the largest maximum of the other groups (with multiplicity: a tie
+  // puts the maximum here too). The scores' maximum and second value come from
+  // these, so sampling needs no per-element top-2 sweep.
+  float top1 = kNegInf, top2 = kNegInf;
+  int64_t top_group = -1;
+  // Best group key so far and its group (of the padded row).
+  float best_key = kNegInf;
+  int64_t best_group = -1;
+  // Per-chunk group results (padded to whole vectors with empty groups): maxima
+  // of x and of w = x * c, sums, Gumbels, keys.
+  alignas(64) float gx[kChunkGroups], gm[kChunkGroups], gS[kChunkGroups], gA[kChunkGroups], gK[kChunkGroups];
+  // Group uniforms (the group stream of noise.h) of kGumbelBatch groups of the
+  // padded row from batch_start, and the chunk's Gumbels drawn from them.
+  alignas(64) float batch[kGumbelBatch], gG[kChunkGroups];
+  bool need[kChunkGroups];
+  int64_t batch_start = -kGumbelBatch;
+  const int64_t row_groups = (V + kGroup - 1) / kGroup;
+
+  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
+    // src holds the raw logits: the scores scale them on the fly, the sampler by
+    // c (noise.h), which x / T would not survive when it overflows.
+    int64_t padded;
+    const float* src = row_chunk(x, row, c0, std::min(kChunk, V - c0), buf, padded);
     const int64_t ng = padded / kGroup;
-    const float skip_below = p.shared ? kNegInf : best_key - std::fabs(best_key) * 0x1p-20f;
-    group_pass(src, ng, p, p.shared, skip_below, key_reach, gm, gS, gA);
+
+    // (1) the group maxima of x, which the group pass needs anyway. The chunk's
+    // largest score is theirs scaled: x -> x * (1 / T) is monotonic, and so is
+    // its rounding, so the maximum of the scaled values is the scaled maximum.
+    if (group_maxima(src, ng, gx)) {
+      has_nan = true;  // the row is invalid: nothing else matters
+      break;
+    }
+    const float cm = max_of(gx, ng);
+    if (cm > top1) {
+      float rest = kNegInf;  // the chunk's other groups
+      int64_t first = -1;
+      for (int64_t g = 0; g < ng; ++g) {
+        if (first < 0 && gx[g] == cm) {
+          first = g;
+        } else {
+          rest = std::max(rest, gx[g]);
+        }
+      }
+      top2 = std::max(top1, rest);
+      top1 = cm;
+      top_group = c0 / kGroup + first;
+    } else {
+      top2 = std::max(top2, cm);
+    }
+
+    // (2) with two distributions, exp sums against the new running maximum
+    // (the scores are x itself then: tempered scores share the group exps).
+    const float m_new = std::max(m, scale_scores ? cm * p.inv_temperature : cm);
+    if (!std::isfinite(m_new)) {
+      m = m_new;  // all -inf so far (nothing to add), or +inf (row invalid)
+      if (!(m_new == kNegInf)) break;
+      continue;
+    }
+    rescale_sums(m, m_new, S, A);
+    m = m_new;
+    // The next chunk's logits, fetched during this chunk's exps.
+    Prefetch pf;
+    if (std::is_same_v<T, float> && c0 + kChunk < V) {
+      const int64_t lo = std::max<int64_t>(c0 + kChunk - row.lead, 0), hi = std::min(c0 + 2 * kChunk, V) - row.lead;
+      pf.p = reinterpret_cast<const char*>(x + lo);
+      pf.end = reinterpret_cast<const char*>(x + hi);
+      pf.step = ((pf.end - pf.p + ng - 1) / ng + 63) / 64 * 64;  // bytes per group of this chunk
+    }
+    if (!p.shared) exp_sums<false, true>(src, padded, 1.0f, m, S, A, &pf);
+
+    // (3) the group pass (noise.h, hierarchical Gumbel-max), on m_g = max w =
+    // c max x (c > 0: the same monotonicity). The group Gumbels come first: with
+    // two distributions the sums are done, and the pass skips the groups whose
+    // key cannot beat the best one of the earlier chunks (group_cannot_win).
+    const float* gmw = gx;
+    if (p.key_scales.c != 1.0f) {
+      for (int64_t g = 0; g < ng; ++g) gm[g] = gx[g] * p.key_scales.c;
+      gmw = gm;
+    }
+    const int64_t chunk_group = c0 / kGroup;
+    if (chunk_group >= batch_start + kGumbelBatch) {
+      batch_start = chunk_group;
+      group_noise<false>(p.key, row.noise_row, row.col_base / kGroup + batch_start,
+                         std::min(kGumbelBatch, row_groups - batch_start), batch);
+    }
+    // The Gumbels of the groups whose key could still beat the best one of the
+    // earlier chunks (gumbel_bound; all live groups while there is none), -inf
+    // for whole vectors of groups that cannot: their keys are then -inf, below
+    // the best, and with two distributions the group pass skips them.
+    const float* gu = batch + (chunk_group - batch_start);
+    const bool any_need = candidates(gmw, gu, ng, p.key_scales.s, best_key, need);
+    if (any_need) gumbels(gu, need, ng, gG);
+    if (p.shared || any_need) group_pass(src, ng, p, p.shared, p.shared ? kNegInf : best_key, gG, gmw, gS, gA, pf);
     if (p.shared) {
       // The scores' sums from the group sums: z = w / s, so a group's terms are
       // exp(m_g / s - m) times its own (clamped as in (2): empty groups add 0).
+      for (int64_t g = ng; g % kLanes; ++g) gx[g] = kNegInf, gm[g] = kNegInf, gS[g] = 0.f, gA[g] = 0.f;
+      const Vec vm(m), floor_(kExpFloor), vis(p.inv_s);
       Vec s_acc(0.f), a_acc(0.f);
-      const Vec vis(p.inv_s);
-      for (int64_t g = ng; g % kLanes; ++g) gm[g] = kNegInf, gS[g] = 0.f, gA[g] = 0.f;
       for (int64_t g = 0; g < ng; g += kLanes) {
-        const Vec d = at::vec::maximum(Vec::loadu(gm + g) * vis - vm, floor_);
+        const Vec d = at::vec::maximum(Vec::loadu(gmw + g) * vis - vm, floor_);
         const Vec r = d.exp_u20();
         const Vec sg = Vec::loadu(gS + g);
         s_acc = s_acc + r * sg;
@@ -825,49 +1236,57 @@ RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf)
       S += hsum(s_acc);
       A += hsum(a_acc);
     }
-    const int64_t group0 = (row.col_base + c0) / kGroup;  // global group of the chunk's first
-    group_gumbels(p.key, row.noise_row, group0, ng, gG);
-    group_keys(gm, gS, gG, ng, p.key_scales.s, gK);
-    for (int64_t g = 0; g < ng; ++g) {
-      if (gK[g] > best_key) {  // strict: the lowest group wins ties
-        best_key = gK[g];
-        best_group = c0 / kGroup + g;
-      }
+    if (!any_need) continue;
+    group_keys(gmw, gS, gG, ng, p.key_scales.s, gK);
+    const float chunk_key = max_of(gK, ng);
+    if (chunk_key > best_key) {  // strict: the lowest group wins ties
+      int64_t g = 0;
+      while (gK[g] != chunk_key) ++g;
+      best_key = chunk_key;
+      best_group = c0 / kGroup + g;
     }
   }
 
   RowReduction out;
-  bool has_nan;
-  int64_t argmax_col;  // in the padded row
-  tops_finish(tops, m, has_nan, out.second, argmax_col);
   out.invalid = has_nan || m == std::numeric_limits<float>::infinity() || std::isnan(m);
   if (out.invalid) return out;
   out.m = m;
   out.S = S;
   out.A = A;
-
-  int64_t col = -1;  // in the padded row
-  if (p.sample) {
-    out.key = best_key;
-    if (best_group >= 0) {
-      // Element noise inside the winning group only: y = x * c + g * s, the
-      // first maximum (padding columns are -inf and never win).
-      alignas(64) float g[kNoiseGroup];
-      noise_group(p.key, row.noise_row, static_cast<uint32_t>(row.col_base / kGroup + best_group), g);
-      float best_y = kNegInf;
-      for (int64_t k = 0; k < kNoiseGroup; ++k) {
-        const int64_t u = best_group * kGroup + k;
-        if (u < row.lead || u >= V) continue;
-        const float y = static_cast<float>(x[u - row.lead]) * p.key_scales.c + g[k] * p.key_scales.s;
-        if (y > best_y || col < 0) {
-          best_y = y;
-          col = u;
-        }
+  // The second score: the largest group maximum besides top1's group, or a
+  // second value inside that group (with multiplicity), scaled like m.
+  float second = top2;
+  if (top_group >= 0) {
+    bool seen = false;
+    for (int64_t k = 0; k < kGroup; ++k) {
+      const int64_t u = top_group * kGroup + k;
+      const float v = u < row.lead || u >= V ? kNegInf : static_cast<float>(x[u - row.lead]);
+      if (!seen && v == top1) {
+        seen = true;
+      } else {
+        second = std::max(second, v);
       }
     }
-  } else {
-    out.key = m;
-    col = argmax_col;
+  }
+  out.second = scale_scores ? second * p.inv_temperature : second;
+
+  int64_t col = -1;  // in the padded row
+  out.key = best_key;
+  if (best_group >= 0) {
+    // Element noise inside the winning group only: y = x * c + g * s, the
+    // first maximum (padding columns are -inf and never win).
+    alignas(64) float g[kNoiseGroup];
+    noise_group(p.key, row.noise_row, static_cast<uint32_t>(row.col_base / kGroup + best_group), g);
+    float best_y = kNegInf;
+    for (int64_t k = 0; k < kNoiseGroup; ++k) {
+      const int64_t u = best_group * kGroup + k;
+      if (u < row.lead || u >= V) continue;
+      const float y = static_cast<float>(x[u - row.lead]) * p.key_scales.c + g[k] * p.key_scales.s;
+      if (y > best_y || col < 0) {
+        best_y = y;
+        col = u;
+      }
+    }
   }
   if (out.key == kNegInf || col < 0) {  // an all -inf slice
     out.key = kNegInf;
@@ -876,13 +1295,14 @@ RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf)
     return out;
   }
   out.token = row.col_base + col;
-  if (p.sample) {
-    const float xt = static_cast<float>(x[col - row.lead]);
-    out.token_score = scale_scores ? xt * p.inv_temperature : xt;
-  } else {
-    out.token_score = m;
-  }
+  const float xt = static_cast<float>(x[col - row.lead]);
+  out.token_score = scale_scores ? xt * p.inv_temperature : xt;
   return out;
+}
+
+template <typename T>
+RowReduction reduce_row(const T* x, const Row& row, const Params& p, float* buf) {
+  return p.sample ? reduce_row_sample(x, row, p, buf) : reduce_row_argmax(x, row, buf);
 }
 
 // token_stats of a whole row from its reduction.
