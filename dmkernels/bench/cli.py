@@ -127,7 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cost", action="store_true",
                         help="quality: skip timing a learned policy's choice at LLaDA's vocabulary "
                              "(learned_policy_cost_cpu.json; about 40 s on one core)")
+    parser.add_argument("--orders", action="store_true",
+                        help="quality: only the few-step orders benchmark (dmkernels/bench/orders.py: learned orders "
+                             "against the heuristics at 4 and 8 calls on the Pairs task; orders_quality.json)")
     args = parser.parse_args(argv)
+    if args.job == "quality" and args.orders:
+        from dmkernels.bench import orders
+
+        return orders.main(args)
     if args.job == "quality":
         from dmkernels.bench import quality
 
