@@ -5,6 +5,7 @@ working; new code can import from either place.
 """
 from .policies.learned import (  # noqa: F401
     FEATURES,
+    BlockScorer,
     MAX_EXACT_SET,
     NUM_FEATURES,
     SCORERS,
@@ -22,5 +23,5 @@ from .policies.learned import (  # noqa: F401
     step_features,
 )
 
-__all__ = ["FEATURES", "FeatureProvider", "LearnedPolicy", "MLPScorer", "TransformerScorer", "Trajectory",
-           "feature_provider", "feature_providers", "register_feature", "set_log_prob", "step_features"]
+__all__ = ["FEATURES", "BlockScorer", "FeatureProvider", "LearnedPolicy", "MLPScorer", "TransformerScorer",
+           "Trajectory", "feature_provider", "feature_providers", "register_feature", "set_log_prob", "step_features"]

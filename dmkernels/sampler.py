@@ -223,13 +223,18 @@ class ModelRunner:
         self.needed_ids = ()
         return logits
 
-    def last_hidden(self) -> torch.Tensor:
-        """The last layer's hidden states [B, W, H] of the latest call (conditional half)."""
+    def last_hidden(self, layer: int = -1) -> torch.Tensor:
+        """Hidden states [B, W, H] of the latest call (conditional half): entry ``layer``
+        of the model's ``hidden_states`` (-1: the last layer's output; -2: the input of
+        the last block, in Hugging Face's convention)."""
         hidden = getattr(self.last_output, "hidden_states", None)
         if hidden is None:
-            raise TypeError("the policy reads the model's hidden states, but the model's output has no "
-                            ".hidden_states (it must accept output_hidden_states=True)")
-        return hidden[-1][:hidden[-1].shape[0] // self.batch_factor]
+            raise TypeError(f"dmkernels.{self.caller}: the policy reads the model's hidden states, but the model's "
+                            "output has no .hidden_states (it must accept output_hidden_states=True)")
+        if not -len(hidden) <= layer < len(hidden):
+            raise ValueError(f"dmkernels.{self.caller}: the policy reads hidden_states[{layer}] (policy.hidden_layer), "
+                             f"but the model returned {len(hidden)} hidden states")
+        return hidden[layer][:hidden[layer].shape[0] // self.batch_factor]
 
 
 def _rows(logits: torch.Tensor, w0: int, start: int, end: int, shift: bool) -> torch.Tensor:
@@ -398,6 +403,12 @@ class Sampler:
                 self.runner.needed_ids = tuple(needed_ids)
         self.needs_hidden = bool(getattr(policy, "needs_hidden", False))
         self.runner.output_hidden_states = self.needs_hidden
+        # Which of the model's hidden_states the policy reads (policy.hidden_layer, -1 the
+        # last layer's output by default; -2 the input of the last block): a host int.
+        self.hidden_layer = getattr(policy, "hidden_layer", -1)
+        if isinstance(self.hidden_layer, bool) or not isinstance(self.hidden_layer, int):
+            _fail(f"policy.hidden_layer must be an int (an index into the model's hidden_states), got "
+                  f"{self.hidden_layer!r}", caller, TypeError)
         self.hidden = None
         self.model_calls = 0
         self.noise_offset = 0
@@ -521,7 +532,7 @@ class Sampler:
         logits, w0 = self.model_logits(step, a, b)
         rows = _rows(logits, w0, start, end, self.shift)
         if self.needs_hidden:
-            self.hidden = _rows(self.runner.last_hidden(), w0, start, end, self.shift)
+            self.hidden = _rows(self.runner.last_hidden(self.hidden_layer), w0, start, end, self.shift)
         if self.logits_processor is not None:
             rows = self.logits_processor(step, rows)
         stats = self.token_stats(rows, eligible)

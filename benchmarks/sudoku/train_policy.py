@@ -7,7 +7,10 @@
 The task-feature policy (``--features sudoku.constraints``: the scorer also
 reads the constraint columns of :func:`dmkernels.tasks.sudoku.constraint_features`)
 is trained in stages, a supervised start and then GRPO with ``--resume``; the
-commands are in ``benchmarks/sudoku/README.md``.
+commands are in ``benchmarks/sudoku/README.md``. So is the generic policy's
+(``--scorer block``: a copy of the denoiser's last transformer block reading the
+hidden state that enters it plus the step features, no task features; shipped
+as ``policy_block_grpo``).
 
 The denoiser (``load_denoiser("long")``) stays frozen. Training puzzles come
 from their own seeded stream (never the held-out one), multiplied by random
@@ -44,7 +47,8 @@ import torch
 import dmkernels
 from dmkernels import policies as P
 from dmkernels.bench.quality import NoMaskProposals, evaluate
-from dmkernels.learned import FEATURES, NUM_FEATURES, LearnedPolicy, MLPScorer, TransformerScorer, feature_provider
+from dmkernels.learned import (FEATURES, NUM_FEATURES, BlockScorer, LearnedPolicy, MLPScorer, TransformerScorer,
+                               feature_provider)
 from dmkernels.tasks import sudoku
 from dmkernels.train import grpo, rloo, rollout, supervised
 
@@ -91,7 +95,9 @@ def warm_start(policy, model, puzzles, steps, iterations=60, lr=3e-3, seed=0):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scorer", choices=("mlp", "transformer"), default="transformer")
+    ap.add_argument("--scorer", choices=("mlp", "transformer", "block"), default="transformer",
+                    help="block: a copy of the denoiser's last transformer block reading the hidden state that "
+                         "enters it, plus the step features (no task features needed)")
     ap.add_argument("--trainer", choices=("grpo", "rloo", "none"), default="grpo")
     ap.add_argument("--steps", type=int, default=20, help="model calls per puzzle during training")
     ap.add_argument("--iterations", type=int, default=150)
@@ -134,6 +140,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.time()
+    cpu0 = time.process_time()
     if args.denoiser.endswith(".safetensors"):
         denoiser = sudoku.load_denoiser(path=args.denoiser)
     else:
@@ -147,7 +154,9 @@ def main(argv=None):
         args.init = "resumed"
     else:
         width = NUM_FEATURES + sum(feature_provider(n).width for n in args.features)
-        if args.scorer == "transformer":
+        if args.scorer == "block":  # reads hidden_states[-2] itself: --hidden does not apply
+            scorer = BlockScorer.from_model(denoiser, num_features=width)
+        elif args.scorer == "transformer":
             scorer = TransformerScorer(num_features=width, d_model=args.d_model, ff=4 * args.d_model,
                                        max_positions=sudoku.NUM_CELLS, **hidden)
         else:
@@ -238,6 +247,7 @@ def main(argv=None):
     after = report("after")
     policy.save(args.out)
     meta = dict(command=" ".join(sys.argv), args=vars(args), wall_seconds=round(time.time() - t0),
+                cpu_seconds=round(time.process_time() - cpu0), torch=torch.__version__,
                 heldout_before=before, heldout_after=after, low_confidence=ref,
                 kept_iteration=best["iteration"], dev_solve_rate=best["dev"] if dev_p is not None else None)
     if history:

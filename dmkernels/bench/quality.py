@@ -44,6 +44,8 @@ SCHEDULED_STEPS = (10, 20, 57)
 QUICK_STEPS = (20,)
 DEV_PUZZLES = 500
 HAND_RULE = "SinglesFirst (Sudoku rule)"
+# The shipped task-feature policy: every other learned policy also gets its gain over it.
+TASK_FEATURE_POLICY = "Learned[mlp_constraints_grpo]"
 
 
 class NoMaskProposals(torch.nn.Module):
@@ -78,6 +80,7 @@ class Counted(P.Policy):
         self.needs_generator = inner.needs_generator
         self.uses_quota = inner.uses_quota
         self.needs_hidden = getattr(inner, "needs_hidden", False)
+        self.hidden_layer = getattr(inner, "hidden_layer", -1)  # which hidden_states entry it reads
         self.active_steps = None
         self.seconds = 0.0
 
@@ -204,12 +207,17 @@ def compare_to_heuristics(records: list[dict]) -> None:
         if r["policy"] != HAND_RULE and rule:
             gain, lo, hi = paired_gain(r["solved"], rule[0]["solved"])
             r.update(gain_over_hand_rule=gain, gain_over_hand_rule_ci95=[lo, hi])
+        task = [h for h in records if h["policy"] == TASK_FEATURE_POLICY and same(h, r)]
+        if r["policy"] not in (HAND_RULE, TASK_FEATURE_POLICY) and task:
+            gain, lo, hi = paired_gain(r["solved"], task[0]["solved"])
+            r.update(gain_over_task_features=gain, gain_over_task_features_ci95=[lo, hi])
 
 
 def run(*, n_puzzles: int = 200, budgets=("short", "long"), quick: bool = False, checkpoints: str | None = None,
-        dev_puzzles: int = 0, log=print) -> list[dict]:
+        dev_puzzles: int = 0, only=None, log=print) -> list[dict]:
     """Every policy on the held-out set; with ``dev_puzzles``, the long denoiser's
-    scheduled policies (not Random or the oracle) on that many development puzzles too."""
+    scheduled policies (not Random or the oracle) on that many development puzzles too.
+    ``only``: the names of the entries to run (e.g. ``"Margin"``, ``"Learned[block_grpo]"``), all when None."""
     torch.set_num_threads(1)
     checkpoints = checkpoints or str(sudoku.checkpoint_dir())
     sets = [("heldout", sudoku.heldout_puzzles(n_puzzles))]
@@ -222,6 +230,8 @@ def run(*, n_puzzles: int = 200, budgets=("short", "long"), quick: bool = False,
             if set_name == "dev" and budget != "long":
                 continue
             for entry in entries(solutions, checkpoints, quick):
+                if only is not None and entry.name not in only:
+                    continue
                 # Learned policies were trained on the long-budget denoiser.
                 if entry.name.startswith("Learned") and budget != "long":
                     continue
@@ -246,6 +256,10 @@ def run(*, n_puzzles: int = 200, budgets=("short", "long"), quick: bool = False,
             lo, hi = r["gain_over_hand_rule_ci95"]
             log(f"{where}  gain over the hand rule: {100 * r['gain_over_hand_rule']:+.1f} points "
                 f"(95% paired bootstrap {100 * lo:+.1f} to {100 * hi:+.1f})")
+        if "gain_over_task_features" in r:
+            lo, hi = r["gain_over_task_features_ci95"]
+            log(f"{where}  gain over {TASK_FEATURE_POLICY}: {100 * r['gain_over_task_features']:+.1f} points "
+                f"(95% paired bootstrap {100 * lo:+.1f} to {100 * hi:+.1f})")
     return records
 
 
@@ -254,7 +268,7 @@ def policy_cost(log=print) -> list[dict]:
     """Time a learned policy's choice against the model call at LLaDA's vocabulary
     (``llada_like_config``: V = 126464, a small body), B = 1, prompt 32, gen 256,
     block 32, 64 steps; LowConfidence alongside. CPU, 1 thread."""
-    from dmkernels.learned import MLPScorer, TransformerScorer
+    from dmkernels.learned import BlockScorer, MLPScorer, TransformerScorer
     from dmkernels.models import DiffusionLM, llada_like_config
 
     torch.set_num_threads(1)
@@ -264,7 +278,9 @@ def policy_cost(log=print) -> list[dict]:
     records = []
     for name, make in (("LowConfidence", P.LowConfidence),
                        ("Learned[mlp]", lambda: LearnedPolicy(MLPScorer())),
-                       ("Learned[transformer]", lambda: LearnedPolicy(TransformerScorer()))):
+                       ("Learned[transformer]", lambda: LearnedPolicy(TransformerScorer())),
+                       # a copy of the model's last block on the hidden state entering it
+                       ("Learned[block]", lambda: LearnedPolicy(BlockScorer.from_model(model)))):
         net = NoMaskProposals(model, LLADA_MASK_ID)
         counted = Counted(make())
         t0 = time.perf_counter()

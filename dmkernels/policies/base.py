@@ -30,7 +30,9 @@ class StepContext:
     # The block's plan from the policy's schedule (Schedule.begin_block), kept by the
     # sampler: ``quota(step, masked_now)``, and e.g. ``transfer_probability(step)``.
     schedule: object | None
-    hidden: torch.Tensor | None = None  # [B, W, H] last hidden states, for policies with needs_hidden
+    # [B, W, H] hidden states for policies with needs_hidden: the model's
+    # hidden_states[policy.hidden_layer] (default -1, the last layer's output).
+    hidden: torch.Tensor | None = None
     backend: str | None = None     # the generation's backend: pass it to every op (backend=ctx.backend)
     # Where a policy that records its decisions writes them (a learned policy's
     # dmkernels.policies.learned.Trajectory during training rollouts); None otherwise.

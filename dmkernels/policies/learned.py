@@ -18,7 +18,11 @@ other :class:`~dmkernels.policies.Policy`:
             parameters) or :class:`TransformerScorer` (one transformer block
             over the block's feature sequence with step conditioning, about
             0.3M parameters; it sees which positions are still masked, so it
-            can learn which ones interact).
+            can learn which ones interact), or :class:`BlockScorer` (a copy of
+            the denoiser's own last transformer block, reading the hidden state
+            that enters that block: ``BlockScorer.from_model(model)``; the
+            policy then asks the sampler for ``hidden_states[-2]`` through
+            ``policy.hidden_layer``).
   selection "topk": the schedule's count (fixed-step decoding, like
             LowConfidence); "threshold": every position with
             sigmoid(score) > 0.5, at least the best (adaptive decoding, the
@@ -55,8 +59,8 @@ from .. import _checks as check
 from .. import ops
 from .base import Policy, StepContext
 
-__all__ = ["FEATURES", "FeatureProvider", "LearnedPolicy", "MLPScorer", "TransformerScorer", "Trajectory",
-           "feature_provider", "feature_providers", "register_feature", "set_log_prob", "step_features"]
+__all__ = ["FEATURES", "BlockScorer", "FeatureProvider", "LearnedPolicy", "MLPScorer", "TransformerScorer",
+           "Trajectory", "feature_provider", "feature_providers", "register_feature", "set_log_prob", "step_features"]
 
 FEATURES = ("confidence", "margin", "entropy", "log_prob", "position", "step_fraction", "mask")
 NUM_FEATURES = len(FEATURES)
@@ -261,7 +265,122 @@ class TransformerScorer(_HiddenInput):
         return self.out(h).squeeze(-1)
 
 
-SCORERS = {"mlp": MLPScorer, "transformer": TransformerScorer}
+class BlockScorer(nn.Module):
+    """A copy of the denoiser's last transformer block, scoring each position.
+
+    The generic policy of published work on learned unmasking: no task
+    features, the denoiser's own representation. Input: the hidden state that
+    enters the model's last block (``hidden_states[-2]`` in Hugging Face
+    convention: the policy's ``hidden_layer`` is -2, which the sampler honours)
+    plus the step features (confidence, margin, entropy, ...: :data:`FEATURES`,
+    and any provider columns). Computation::
+
+        x = hidden + feature_in(features)          # feature_in starts at zero
+        y = norm(block(x))                         # the model's last block and final norm, copied
+        score = head(y) + skip(features)           # head starts at zero
+
+    so a scorer made by :meth:`from_model` reproduces the model's last block
+    and final norm exactly at the start (``body``), and its scores start as a
+    linear function of the step features (a warm start fits them to
+    confidence). Attention runs over the positions of the current block only,
+    at positions 0..W-1 (RoPE sees relative offsets, so this matches the model
+    when the block is the whole window it ran on, e.g. ``infill`` without a
+    cache; otherwise the scorer sees the block alone). No attention mask: the
+    block's rows are all generated positions.
+
+    Built for :class:`dmkernels.models.DiffusionLM`'s block (pre-RMSNorm
+    attention with RoPE, SwiGLU MLP); ``from_model`` refuses other models with
+    an error naming the argument.
+    """
+
+    #: which entry of the model's ``hidden_states`` the scorer reads: the input of the last block
+    hidden_layer = -2
+
+    def __init__(self, num_features: int = NUM_FEATURES, hidden_size: int = 64, heads: int = 4,
+                 intermediate_size: int = 128, rms_norm_eps: float = 1e-5, rope_theta: float = 500000.0):
+        super().__init__()
+        from ..models.config import DiffusionLMConfig
+        from ..models.transformer import DiffusionLMBlock, RMSNorm
+
+        self.config = dict(kind="block", num_features=num_features, hidden_size=hidden_size, heads=heads,
+                           intermediate_size=intermediate_size, rms_norm_eps=float(rms_norm_eps),
+                           rope_theta=float(rope_theta))
+        block_config = DiffusionLMConfig(vocab_size=2, hidden_size=hidden_size, num_hidden_layers=1,
+                                         num_attention_heads=heads, intermediate_size=intermediate_size,
+                                         rms_norm_eps=rms_norm_eps, rope_theta=rope_theta)
+        self._head_dim = block_config.head_dim
+        self.feature_in = nn.Linear(num_features, hidden_size)
+        self.block = DiffusionLMBlock(block_config)
+        self.norm = RMSNorm(hidden_size, rms_norm_eps)
+        self.head = nn.Linear(hidden_size, 1)
+        self.skip = nn.Linear(num_features, 1)
+        for layer in (self.feature_in, self.head):  # the copied block decides at the start
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        for m in self.block.modules():  # random init for a scorer not made from a model
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=1.0 / math.sqrt(m.in_features))
+
+    @classmethod
+    def from_model(cls, model, num_features: int = NUM_FEATURES) -> "BlockScorer":
+        """A scorer whose block and norm are copies of ``model``'s last block and
+        final norm (a :class:`dmkernels.models.DiffusionLM`); the copy is then
+        trained on its own, the model is never changed."""
+        from ..models.transformer import DiffusionLMBlock, RMSNorm
+
+        op = "learned.BlockScorer.from_model"
+        layers = getattr(model, "layers", None)
+        config = getattr(model, "config", None)
+        if not isinstance(layers, nn.ModuleList) or len(layers) == 0 or not isinstance(layers[-1], DiffusionLMBlock):
+            check.fail(op, f"model must be a dmkernels.models.DiffusionLM (its .layers[-1] a DiffusionLMBlock), got "
+                           f"{type(model).__name__}", TypeError)
+        if not isinstance(getattr(model, "norm", None), RMSNorm):
+            check.fail(op, f"model has no final RMSNorm .norm ({type(model).__name__})", TypeError)
+        last = layers[-1]
+        scorer = cls(num_features=num_features, hidden_size=config.hidden_size, heads=config.num_attention_heads,
+                     intermediate_size=config.intermediate_size, rms_norm_eps=config.rms_norm_eps,
+                     rope_theta=config.rope_theta)
+        mine = scorer.block.state_dict()
+        theirs = last.state_dict()
+        bad = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+        if bad or set(theirs) != set(mine):
+            check.fail(op, f"the model's last block does not match a DiffusionLMBlock of its config (parameters "
+                           f"{bad or sorted(set(theirs) ^ set(mine))})")
+        with torch.no_grad():
+            scorer.block.load_state_dict({k: v.detach().float() for k, v in theirs.items()})
+            scorer.norm.weight.copy_(model.norm.weight.detach().float())
+        scorer.norm.eps = model.norm.eps
+        scorer.block.attn_norm.eps = last.attn_norm.eps
+        scorer.block.mlp_norm.eps = last.mlp_norm.eps
+        return scorer
+
+    def body(self, hidden: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The block and final norm on ``hidden`` [B, W, H] (plus the projected
+        features when given): [B, W, H], as the model computes them."""
+        from ..models.transformer import _rope_cos_sin
+
+        B, W, H = hidden.shape
+        if H != self.config["hidden_size"]:
+            raise ValueError(f"BlockScorer: the hidden states have width {H}, but the scorer's block was built "
+                             f"for hidden_size = {self.config['hidden_size']} (copy it from the same model with "
+                             "BlockScorer.from_model)")
+        x = hidden.to(self.head.weight.dtype)
+        if features is not None:
+            x = x + self.feature_in(features.to(x.dtype))
+        positions = torch.arange(W, device=x.device).expand(B, W)
+        cos, sin = _rope_cos_sin(positions, self._head_dim, self.config["rope_theta"], x.dtype)
+        y, _ = self.block(x, cos, sin, None, None, None)
+        return self.norm(y)
+
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        if hidden is None:
+            raise ValueError("BlockScorer: needs the hidden state entering the model's last block "
+                             "(hidden_states[-2]); run it through a LearnedPolicy, which asks the sampler for it")
+        y = self.body(hidden, features)
+        return (self.head(y) + self.skip(features.to(y.dtype))).squeeze(-1)
+
+
+SCORERS = {"mlp": MLPScorer, "transformer": TransformerScorer, "block": BlockScorer}
 
 # What LearnedPolicy.load accepts: scorers are small networks, so these caps are far
 # above any sensible one and far below what would exhaust a machine's memory.
@@ -291,11 +410,15 @@ def _scorer_config(op: str, where: str, config, num_features: int = NUM_FEATURES
     if "num_features" not in config and num_features != NUM_FEATURES:
         check.fail(op, f"{where}: scorer.num_features is missing; the features add up to {num_features}")
     limits = dict(hidden=_MAX_WIDTH, d_model=_MAX_WIDTH, hidden_features=_MAX_WIDTH, ff=_MAX_FF,
-                  heads=_MAX_HEADS, max_positions=_MAX_POSITIONS, hidden_size=_MAX_MODEL_HIDDEN)
+                  heads=_MAX_HEADS, max_positions=_MAX_POSITIONS, hidden_size=_MAX_MODEL_HIDDEN,
+                  intermediate_size=_MAX_FF)
+    reals = dict(rms_norm_eps=1.0, rope_theta=1e12)  # BlockScorer's floats: (0, cap]
     for name, value in config.items():
-        if name == "kind" or (name == "hidden_size" and value is None):
+        if name == "kind" or (name == "hidden_size" and value is None and kind != "block"):
             continue
-        if name == "num_features":  # step_features and the providers' columns are what the scorer reads
+        if name in reals:
+            _checkpoint.real(op, where, f"scorer.{name}", value, 0.0, reals[name])
+        elif name == "num_features":  # step_features and the providers' columns are what the scorer reads
             _checkpoint.integer(op, where, "scorer.num_features", value, num_features, num_features)
         else:
             _checkpoint.integer(op, where, f"scorer.{name}", value, 1, limits[name])
@@ -304,6 +427,12 @@ def _scorer_config(op: str, where: str, config, num_features: int = NUM_FEATURES
         heads = out.get("heads", _SCORER_DEFAULTS[kind]["heads"])
         if d_model % heads:
             check.fail(op, f"{where}: scorer.d_model ({d_model}) must be a multiple of scorer.heads ({heads})")
+    if kind == "block":
+        h = out.get("hidden_size", _SCORER_DEFAULTS[kind]["hidden_size"])
+        heads = out.get("heads", _SCORER_DEFAULTS[kind]["heads"])
+        if h % heads or (h // heads) % 2:
+            check.fail(op, f"{where}: scorer.hidden_size ({h}) must be a multiple of scorer.heads ({heads}) with an "
+                           "even head size (RoPE)")
     return out
 
 
@@ -314,6 +443,17 @@ def _scorer_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     c = {**_SCORER_DEFAULTS[kind], **config}
     shapes = {}
     width = c["num_features"]
+    if kind == "block":
+        h, m = c["hidden_size"], c["intermediate_size"]
+        return {
+            "feature_in.weight": (h, width), "feature_in.bias": (h,),
+            "block.attn_norm.weight": (h,), "block.mlp_norm.weight": (h,),
+            **{f"block.attn.{p}_proj.weight": (h, h) for p in "qkvo"},
+            "block.mlp.gate_proj.weight": (m, h), "block.mlp.up_proj.weight": (m, h),
+            "block.mlp.down_proj.weight": (h, m),
+            "norm.weight": (h,), "head.weight": (1, h), "head.bias": (1,),
+            "skip.weight": (1, width), "skip.bias": (1,),
+        }
     if c["hidden_size"]:
         shapes["hidden_proj.weight"] = (c["hidden_features"], c["hidden_size"])
         shapes["hidden_proj.bias"] = (c["hidden_features"],)
@@ -476,9 +616,16 @@ class LearnedPolicy(Policy):
 
     @property
     def needs_hidden(self) -> bool:
-        """The scorer reads the model's last hidden state (the sampler then asks the
+        """The scorer reads the model's hidden states (the sampler then asks the
         model for ``output_hidden_states``)."""
         return bool(getattr(self.scorer, "config", {}).get("hidden_size"))
+
+    @property
+    def hidden_layer(self) -> int:
+        """Which entry of the model's ``hidden_states`` reaches the scorer as
+        ``ctx.hidden`` (Hugging Face convention: -1 the last layer's output, -2 the
+        input of the last block): the scorer's ``hidden_layer``, default -1."""
+        return getattr(self.scorer, "hidden_layer", -1)
 
     def scores(self, features: torch.Tensor, eligible: torch.Tensor, hidden: torch.Tensor | None = None):
         """float32 scores [B, W]; -inf where not eligible."""
@@ -526,7 +673,8 @@ class LearnedPolicy(Policy):
 
         config = getattr(self.scorer, "config", None)
         if config is None:
-            raise ValueError("LearnedPolicy.save: the scorer needs a .config dict (MLPScorer, TransformerScorer)")
+            raise ValueError("LearnedPolicy.save: the scorer needs a .config dict (MLPScorer, TransformerScorer, "
+                             "BlockScorer)")
         meta = {"dmkernels": json.dumps(dict(scorer=config, selection=self.selection, features=list(self.features)))}
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.scorer.state_dict().items()}
         save_file(tensors, path, metadata=meta)

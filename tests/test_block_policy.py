@@ -1,0 +1,252 @@
+"""BlockScorer: the generic learned policy that copies the denoiser's last
+transformer block and reads the hidden state entering it (issue 16 item 3)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import dmkernels
+from dmkernels.learned import NUM_FEATURES, BlockScorer, LearnedPolicy, MLPScorer
+from dmkernels.models import DiffusionLM, tiny_config
+from dmkernels.policies import Policy
+from dmkernels.testing import forbid_host_sync
+from dmkernels.train import grpo, rollout, trajectory_log_probs
+
+V = 41
+MASK = V - 1
+
+
+def tiny(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return DiffusionLM(tiny_config(vocab_size=V, **overrides)).eval()
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(num_hidden_layers=1), dict(num_hidden_layers=3, hidden_size=48,
+                                                                           num_attention_heads=4,
+                                                                           position_embedding="rope+learned",
+                                                                           rms_norm_eps=1e-6, rope_theta=1e4)])
+def test_a_scorer_from_the_model_reproduces_its_last_block_exactly(overrides):
+    model = tiny(**overrides)
+    x = torch.randint(0, V, (3, 11))
+    with torch.no_grad():
+        out = model(x, output_hidden_states=True)
+        scorer = BlockScorer.from_model(model)
+        # hidden_states[-2] enters the last block; hidden_states[-1] is its output after the final norm.
+        assert torch.equal(scorer.body(out.hidden_states[-2]), out.hidden_states[-1])
+        # At the start the features add nothing to the block's input and the head reads nothing:
+        # the scores are the skip connection's linear function of the step features.
+        features = torch.randn(3, 11, NUM_FEATURES)
+        assert torch.equal(scorer.body(out.hidden_states[-2], features), out.hidden_states[-1])
+        assert torch.allclose(scorer(features, out.hidden_states[-2]), scorer.skip(features).squeeze(-1))
+    # A copy: training the scorer leaves the model as it was.
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in scorer.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    # A different model's block is not what the scorer holds.
+    other = tiny(seed=1, **overrides)
+    with torch.no_grad():
+        out2 = other(x, output_hidden_states=True)
+        assert not torch.equal(BlockScorer.from_model(model).body(out2.hidden_states[-2]), out2.hidden_states[-1])
+
+
+def test_the_policy_asks_for_the_input_of_the_last_block():
+    model = tiny()
+    policy = LearnedPolicy(BlockScorer.from_model(model))
+    assert policy.needs_hidden and policy.hidden_layer == -2
+    assert LearnedPolicy(MLPScorer(hidden_size=32)).hidden_layer == -1  # the earlier scorers: the last layer
+
+    seen = []
+
+    class Spy(Policy):  # records what the sampler hands the block policy
+        needs_hidden = True
+        hidden_layer = -2
+        needs_generator = True
+
+        def select(self, ctx):
+            seen.append((ctx.x.clone(), ctx.hidden))
+            return policy.select(ctx)
+
+    canvas = torch.randint(0, MASK, (2, 12))
+    canvas[:, 3::2] = MASK
+    dmkernels.infill(model, canvas, steps=4, policy=Spy(), mask_id=MASK, seed=0)
+    assert len(seen) == 4
+    with torch.no_grad():
+        for x, hidden in seen:
+            assert torch.equal(hidden, model(x, output_hidden_states=True).hidden_states[-2])
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+def test_the_block_policy_runs_inside_generate_without_host_sync(cache):
+    model = tiny()
+    policy = LearnedPolicy(BlockScorer.from_model(model))
+    prompt = torch.randint(0, MASK - 1, (2, 4))
+    with forbid_host_sync():
+        out = dmkernels.generate(model, prompt, gen_length=8, block_length=4, steps=4, policy=policy, cache=cache,
+                                 seed=0)
+        canvas = out.sequences.clone()
+        canvas[:, 5::2] = MASK
+        filled = dmkernels.infill(model, canvas, steps=3, policy=policy, mask_id=MASK, seed=0)
+    assert not (out.sequences == MASK).any() and not (filled.sequences == MASK).any()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny(num_hidden_layers=3, rms_norm_eps=1e-6, rope_theta=1e4)
+    scorer = BlockScorer.from_model(model)
+    with torch.no_grad():  # trained-looking weights everywhere, so that every tensor must survive the trip
+        for p in scorer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    policy = LearnedPolicy(scorer)
+    path = str(tmp_path / "block.safetensors")
+    policy.save(path)
+    loaded = LearnedPolicy.load(path)
+    assert loaded.scorer.config == scorer.config and loaded.hidden_layer == -2 and loaded.needs_hidden
+    assert loaded.scorer.config["rms_norm_eps"] == 1e-6 and loaded.scorer.config["rope_theta"] == 1e4
+    state, back = scorer.state_dict(), loaded.scorer.state_dict()
+    assert state.keys() == back.keys() and all(torch.equal(state[k], back[k]) for k in state)
+    prompt = torch.randint(0, MASK - 1, (2, 4))
+    a = dmkernels.generate(model, prompt, gen_length=8, block_length=8, steps=4, policy=policy, seed=0)
+    b = dmkernels.generate(model, prompt, gen_length=8, block_length=8, steps=4, policy=loaded, seed=0)
+    assert torch.equal(a.sequences, b.sequences)
+
+
+def _rewrite(path, tmp_path, **changes):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["dmkernels"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["scorer"].update(changes)
+    out = str(tmp_path / "bad.safetensors")
+    save_file(tensors, out, metadata={"dmkernels": json.dumps(meta)})
+    return out
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(rms_norm_eps=-1.0), r"scorer.rms_norm_eps must be a finite number"),
+    (dict(rope_theta="1e4"), r"scorer.rope_theta must be a number"),
+    (dict(hidden_size=None), r"scorer.hidden_size must be an int"),
+    (dict(heads=3), r"scorer.hidden_size \(32\) must be a multiple of scorer.heads \(3\)"),
+    (dict(intermediate_size=65), r"tensor block.mlp.gate_proj.weight has shape \[64, 32\], the configuration "
+                                 r"implies \[65, 32\]"),
+    (dict(surprise=1), r"unknown keys \['surprise'\]"),
+])
+def test_a_bad_saved_configuration_is_a_clear_error(tmp_path, changes, words):
+    path = str(tmp_path / "block.safetensors")
+    LearnedPolicy(BlockScorer.from_model(tiny())).save(path)
+    with pytest.raises(ValueError, match=r"learned.LearnedPolicy.load: .*" + words):
+        LearnedPolicy.load(_rewrite(path, tmp_path, **changes))
+
+
+class LogitsOnly(torch.nn.Module):
+    """A model whose output has no hidden states."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, x, **kwargs):
+        return SimpleNamespace(logits=self.model(x).logits)
+
+
+class OneHidden(LogitsOnly):
+    """Hidden states, but only one entry: there is no input of a last block to read."""
+
+    def forward(self, x, output_hidden_states=False, **kwargs):
+        out = self.model(x, output_hidden_states=True)
+        return SimpleNamespace(logits=out.logits, hidden_states=out.hidden_states[-1:])
+
+
+def test_errors_name_the_policy_and_the_argument():
+    model = tiny()
+    policy = LearnedPolicy(BlockScorer.from_model(model))
+    prompt = torch.randint(0, MASK - 1, (2, 4))
+    run = dict(gen_length=8, block_length=4, steps=4, policy=policy, seed=0)
+    with pytest.raises(TypeError, match=r"dmkernels.generate: the policy reads the model's hidden states, but the "
+                                        r"model's output has no .hidden_states"):
+        dmkernels.generate(LogitsOnly(model), prompt, **run)
+    with pytest.raises(ValueError, match=r"dmkernels.infill: the policy reads hidden_states\[-2\] "
+                                         r"\(policy.hidden_layer\), but the model returned 1 hidden states"):
+        dmkernels.infill(OneHidden(model), torch.full((2, 6), MASK), steps=3, policy=policy, mask_id=MASK)
+    # The block does not match the model the policy runs on (another width).
+    wider = tiny(hidden_size=48, num_attention_heads=4)
+    with pytest.raises(ValueError, match=r"BlockScorer: the hidden states have width 48, but the scorer's block "
+                                         r"was built for hidden_size = 32"):
+        dmkernels.generate(wider, prompt, **run)
+    # Only a DiffusionLM's block can be copied.
+    with pytest.raises(TypeError, match=r"learned.BlockScorer.from_model: model must be a "
+                                        r"dmkernels.models.DiffusionLM .* got LogitsOnly"):
+        BlockScorer.from_model(LogitsOnly(model))
+    broken = tiny()
+    broken.layers[-1].mlp.up_proj = torch.nn.Linear(32, 16, bias=False)  # no longer the config's block
+    with pytest.raises(ValueError, match=r"learned.BlockScorer.from_model: the model's last block does not match "
+                                         r".*mlp.up_proj.weight"):
+        BlockScorer.from_model(broken)
+    with pytest.raises(ValueError, match=r"BlockScorer: needs the hidden state entering the model's last block"):
+        policy.scorer(torch.zeros(1, 4, NUM_FEATURES))
+
+    class Odd(Policy):
+        needs_hidden = True
+        hidden_layer = "-2"
+
+        def select(self, ctx):
+            return ctx.eligible
+
+    with pytest.raises(TypeError, match=r"dmkernels.generate: policy.hidden_layer must be an int"):
+        dmkernels.generate(model, prompt, gen_length=8, block_length=4, steps=4, policy=Odd())
+
+
+def test_grpo_trains_the_copied_block():
+    model = tiny()
+    policy = LearnedPolicy(BlockScorer.from_model(model))
+    canvas = torch.randint(0, MASK, (2, 10))
+    canvas[:, ::2] = MASK
+    _, traj = rollout(policy, model, canvas, seed=0, explore=1.0, infill=True, steps=5, mask_id=MASK)
+    assert all(h.shape == (2, 10, 32) for h in traj.hidden)
+    with torch.no_grad():  # the recorded features are the step's built-in ones (no task features)
+        assert traj.features[0].shape == (2, 10, NUM_FEATURES)
+    policy.scorer.head.weight.data.normal_()  # past the zero start, so gradients reach the block
+    trajectory_log_probs(policy, traj).sum().backward()
+    assert policy.scorer.block.attn.q_proj.weight.grad.abs().sum() > 0
+    assert policy.scorer.feature_in.weight.grad.abs().sum() > 0
+    before = policy.scorer.block.mlp.up_proj.weight.detach().clone()
+    answer = canvas.clone()
+    answer[canvas == MASK] = 3
+
+    def reward(seqs, index):
+        return (seqs == answer[index]).float().mean(-1)
+
+    history = grpo(policy, model, canvas, reward, iterations=2, prompts_per_iteration=2, group_size=2, lr=1e-2,
+                   seed=0, infill=True, steps=5, mask_id=MASK)
+    assert len(history) == 2
+    assert not torch.equal(policy.scorer.block.mlp.up_proj.weight, before)
+
+
+def test_a_scorer_of_the_wrong_feature_width_is_refused_up_front():
+    # The generic policy reads the built-in features only; another width fails before any model call.
+    with pytest.raises(ValueError, match=r"learned.LearnedPolicy: the scorer reads num_features = 9"):
+        LearnedPolicy(BlockScorer(num_features=9, hidden_size=32, heads=2, intermediate_size=64))
+
+
+def test_the_quality_benchmark_compares_learned_policies_with_the_task_feature_policy():
+    from dmkernels.bench import quality
+    rec = lambda name, solved: dict(policy=name, solved=solved, steps=20, denoiser="long",  # noqa: E731
+                                    solve_rate=sum(solved) / len(solved))
+    records = [rec("Margin", [1, 0, 0, 1, 0, 0]), rec(quality.TASK_FEATURE_POLICY, [1, 1, 1, 1, 0, 0]),
+               rec("Learned[block_grpo]", [1, 1, 0, 1, 0, 0]), dict(rec(quality.TASK_FEATURE_POLICY, [0] * 6),
+                                                                     set="dev")]
+    quality.compare_to_heuristics(records)
+    block, task = records[2], records[1]
+    assert block["gain_over_task_features"] == pytest.approx(-1 / 6)
+    assert block["gain_over_task_features_ci95"][0] <= -1 / 6 <= block["gain_over_task_features_ci95"][1]
+    assert block["gain_over_best_heuristic"] == pytest.approx(1 / 6)
+    assert "gain_over_task_features" not in task  # not against itself
+    # Only the named entries run.
+    ran = []
+    quality.run(n_puzzles=2, budgets=("long",), quick=True, only=["Margin"], log=ran.append)
+    assert ran and all("Margin" in line for line in ran)
