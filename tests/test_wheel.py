@@ -56,6 +56,11 @@ _SHIPPED = (
     "dmkernels/tasks/checkpoints/sudoku_short.safetensors",
     "dmkernels/tasks/checkpoints/sudoku_long.json",
     "dmkernels/tasks/checkpoints/sudoku_long.safetensors",
+    "dmkernels/tasks/checkpoints/pairs_denoiser.json",
+    "dmkernels/tasks/checkpoints/pairs_denoiser.safetensors",
+    "dmkernels/tasks/checkpoints/pairs_order_rloo_4.safetensors",
+    "dmkernels/tasks/checkpoints/pairs_order_rloo_8.safetensors",
+    "dmkernels/tasks/checkpoints/policy_block_grpo.safetensors",
 )
 
 
