@@ -39,6 +39,7 @@ from dmkernels import policies as P
 from dmkernels.constants import LLADA_MASK_ID
 from dmkernels.learned import LearnedPolicy
 from dmkernels.tasks import sudoku  # registers the "sudoku.constraints" features the shipped policies read
+from dmkernels.tasks._proposals import BannedProposals
 
 SCHEDULED_STEPS = (10, 20, 57)
 QUICK_STEPS = (20,)
@@ -48,23 +49,9 @@ HAND_RULE = "SinglesFirst (Sudoku rule)"
 TASK_FEATURE_POLICY = "Learned[mlp_constraints_grpo]"
 
 
-class NoMaskProposals(torch.nn.Module):
-    """The denoiser with [MASK] removed from its proposals (it is never a target)."""
-
-    def __init__(self, model, mask_id: int):
-        super().__init__()
-        self.model, self.mask_id = model, mask_id
-        self.config = model.config
-        self.seconds = 0.0
-        self.calls = 0
-
-    def forward(self, x, **kwargs):
-        t0 = time.perf_counter()
-        out = self.model(x, **kwargs)
-        out.logits[..., self.mask_id] = float("-inf")  # in place: hidden states pass through
-        self.seconds += time.perf_counter() - t0
-        self.calls += 1
-        return out
+# NoMaskProposals(model, mask_id): the denoiser with [MASK] removed from its
+# proposals (it is never a target); counts its calls and their time.
+NoMaskProposals = BannedProposals
 
 
 class Counted(P.Policy):

@@ -42,6 +42,7 @@ import torch
 
 from .. import _checkpoint
 from .. import _checks as check
+from ._proposals import BannedProposals
 
 __all__ = ["NUM_PAIRS", "NUM_SYMBOLS", "PROMPT_LENGTH", "GEN_LENGTH", "UNKNOWN", "MASK_TOKEN", "VOCAB_SIZE",
            "REVEAL", "TEMPERATURE", "HELDOUT_SEED", "DEV_SEED", "TRAIN_SEED", "generate", "heldout_set", "dev_set",
@@ -124,27 +125,13 @@ def pair_accuracy(generated: torch.Tensor, prompts: torch.Tensor) -> torch.Tenso
     return _pairs_ok("tasks.pairs.pair_accuracy", generated, prompts).float().mean(-1)
 
 
-class AnswerProposals(torch.nn.Module):
+class AnswerProposals(BannedProposals):
     """The denoiser with the tokens that are never an answer (UNKNOWN, MASK)
     removed from its proposals. Counts its calls and their time (for the
     benchmark's cost per step)."""
 
     def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.config = model.config
-        self.seconds = 0.0
-        self.calls = 0
-
-    def forward(self, x, **kwargs):
-        import time
-
-        t0 = time.perf_counter()
-        out = self.model(x, **kwargs)
-        out.logits[..., UNKNOWN:] = float("-inf")  # in place: hidden states pass through
-        self.seconds += time.perf_counter() - t0
-        self.calls += 1
-        return out
+        super().__init__(model, slice(UNKNOWN, None))
 
 
 # --------------------------------------------------------------------------
@@ -168,38 +155,14 @@ def checkpoint_dir() -> Path:
 
 
 _MAX_DENOISER_PARAMETERS = 1 << 24
-_INTS = dict(hidden_size=(2, 1024), num_hidden_layers=(1, 32), num_attention_heads=(1, 64),
-             intermediate_size=(1, 8192))
+_SIZES = dict(hidden_size=(2, 1024), num_hidden_layers=(1, 32), num_attention_heads=(1, 64),
+              intermediate_size=(1, 8192))
 
 
 def _denoiser_config(op: str, meta_file: Path) -> dict:
-    from .sudoku import _config_fields
-
-    meta = _checkpoint.read_json_file(op, meta_file)
-    _checkpoint.keys(op, str(meta_file), meta, ("config", "training"), required=("config",))
-    config = meta["config"]
-    if not isinstance(config, dict):
-        check.fail(op, f"{meta_file}: config must be a JSON object, got {type(config).__name__}")
-    fields = _config_fields()
-    where = f"{meta_file} config"
-    _checkpoint.keys(op, where, config, fields)
-    c = {**fields, **config}
-    # The encoding is fixed by this module.
-    _checkpoint.integer(op, where, "vocab_size", c["vocab_size"], VOCAB_SIZE, VOCAB_SIZE)
-    _checkpoint.integer(op, where, "mask_token_id", c["mask_token_id"], MASK_TOKEN, MASK_TOKEN)
-    _checkpoint.integer(op, where, "max_position_embeddings", c["max_position_embeddings"],
-                        PROMPT_LENGTH + GEN_LENGTH, 4096)
-    for name in ("eos_token_id", "pad_token_id"):
-        if c[name] is not None:
-            check.fail(op, f"{where}: {name} must be null, got {c[name]!r}")
-    for name, (lo, hi) in _INTS.items():
-        _checkpoint.integer(op, where, name, c[name], lo, hi)
-    for name, hi in dict(rope_theta=1e12, rms_norm_eps=1.0, logit_std=1e3).items():
-        _checkpoint.real(op, where, name, c[name], 0.0, hi)
-    _checkpoint.choice(op, where, "position_embedding", c["position_embedding"], ("rope", "rope+learned"))
-    if c["hidden_size"] % c["num_attention_heads"] or (c["hidden_size"] // c["num_attention_heads"]) % 2:
-        check.fail(op, f"{where}: hidden_size must be num_attention_heads times an even head dim")
-    return config
+    # The encoding is fixed by this module; a denoiser reads the whole sequence.
+    return _checkpoint.denoiser_config(op, meta_file, vocab_size=VOCAB_SIZE, mask_token_id=MASK_TOKEN, sizes=_SIZES,
+                                       positions=(PROMPT_LENGTH + GEN_LENGTH, 4096), special_tokens=False)
 
 
 def load_denoiser(*, path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -210,7 +173,6 @@ def load_denoiser(*, path: str | Path | None = None, device: str | torch.device 
     from safetensors.torch import load_file
 
     from ..models import DiffusionLM, DiffusionLMConfig
-    from .sudoku import _denoiser_shapes
 
     op = "tasks.pairs.load_denoiser"
     weights = Path(path) if path is not None else checkpoint_dir() / "pairs_denoiser.safetensors"
@@ -219,7 +181,7 @@ def load_denoiser(*, path: str | Path | None = None, device: str | torch.device 
         raise FileNotFoundError(f"dmkernels.{op}: no checkpoint at {weights} (+ .json); train one with "
                                 "benchmarks/pairs/train_denoiser.py")
     config = _denoiser_config(op, meta_file)
-    _checkpoint.match(op, weights, _denoiser_shapes(config), _checkpoint.header(op, weights)[1],
+    _checkpoint.match(op, weights, _checkpoint.denoiser_shapes(config), _checkpoint.header(op, weights)[1],
                       _MAX_DENOISER_PARAMETERS)
     model = DiffusionLM(DiffusionLMConfig(**config))
     model.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(weights)).items()})

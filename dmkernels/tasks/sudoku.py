@@ -560,7 +560,7 @@ def load_denoiser(budget: str = "long", *, path: str | Path | None = None,
     # configuration must not decide how much memory is allocated.
     op = "tasks.sudoku.load_denoiser"
     config = _denoiser_config(op, meta_file)
-    _checkpoint.match(op, weights, _denoiser_shapes(config), _checkpoint.header(op, weights)[1],
+    _checkpoint.match(op, weights, _checkpoint.denoiser_shapes(config), _checkpoint.header(op, weights)[1],
                       _MAX_DENOISER_PARAMETERS)
     model = DiffusionLM(DiffusionLMConfig(**config))
     state = {k: v.to(torch.float32) for k, v in load_file(str(weights)).items()}
@@ -571,74 +571,20 @@ def load_denoiser(budget: str = "long", *, path: str | Path | None = None,
 # What load_denoiser accepts: far above the shipped denoiser (171k parameters)
 # and far below what would exhaust a machine's memory.
 _MAX_DENOISER_PARAMETERS = 1 << 26
-_DENOISER_INTS = dict(hidden_size=(2, 4096), num_hidden_layers=(1, 256), num_attention_heads=(1, 256),
-                      intermediate_size=(1, 16384), max_position_embeddings=(1, 65536))
-_DENOISER_REALS = dict(rope_theta=1e12, rms_norm_eps=1.0, logit_std=1e3)  # each in (0, cap]
-
-
-def _config_fields() -> dict:
-    """DiffusionLMConfig's named fields and their defaults."""
-    import inspect
-
-    from ..models import DiffusionLMConfig
-
-    params = inspect.signature(DiffusionLMConfig.__init__).parameters
-    return {n: p.default for n, p in params.items() if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+_DENOISER_SIZES = dict(hidden_size=(2, 4096), num_hidden_layers=(1, 256), num_attention_heads=(1, 256),
+                       intermediate_size=(1, 16384))
+# The shared checkpoint helpers, under the names tests/test_checkpoint_loading.py reads.
+_config_fields = _checkpoint.denoiser_fields
+_denoiser_shapes = _checkpoint.denoiser_shapes
 
 
 def _denoiser_config(op: str, meta_file: Path) -> dict:
     """The ``config`` of a denoiser's JSON, every field's type and range checked
-    (missing fields take DiffusionLMConfig's defaults)."""
-    meta = _checkpoint.read_json_file(op, meta_file)
-    _checkpoint.keys(op, str(meta_file), meta, ("config", "training"), required=("config",))
-    if "training" in meta and not isinstance(meta["training"], dict):
-        check.fail(op, f"{meta_file}: training must be a JSON object, got {type(meta['training']).__name__}")
-    config = meta["config"]
-    if not isinstance(config, dict):
-        check.fail(op, f"{meta_file}: config must be a JSON object, got {type(config).__name__}")
-    fields = _config_fields()
-    where = f"{meta_file} config"
-    # Unknown keys would become attributes of the config (DiffusionLMConfig takes **kwargs).
-    _checkpoint.keys(op, where, config, fields)
-    c = {**fields, **config}
-    # The Sudoku encoding is fixed: digits 0..8 and the blank.
-    _checkpoint.integer(op, where, "vocab_size", c["vocab_size"], VOCAB_SIZE, VOCAB_SIZE)
-    if c["mask_token_id"] is not None:
-        _checkpoint.integer(op, where, "mask_token_id", c["mask_token_id"], MASK_TOKEN, MASK_TOKEN)
-    for name in ("eos_token_id", "pad_token_id"):
-        if c[name] is not None:
-            _checkpoint.integer(op, where, name, c[name], 0, VOCAB_SIZE - 1)
-    for name, (lo, hi) in _DENOISER_INTS.items():
-        _checkpoint.integer(op, where, name, c[name], lo, hi)
-    for name, hi in _DENOISER_REALS.items():
-        _checkpoint.real(op, where, name, c[name], 0.0, hi)
-    _checkpoint.choice(op, where, "position_embedding", c["position_embedding"], ("rope", "rope+learned"))
-    hidden, heads = c["hidden_size"], c["num_attention_heads"]
-    if hidden % heads or (hidden // heads) % 2:
-        check.fail(op, f"{where}: hidden_size ({hidden}) must be num_attention_heads ({heads}) times an even "
-                       "head dim")
-    if c["position_embedding"] == "rope+learned" and c["max_position_embeddings"] < NUM_CELLS:
-        check.fail(op, f"{where}: max_position_embeddings must be >= {NUM_CELLS} with learned positions, "
-                       f"got {c['max_position_embeddings']}")
-    return config
-
-
-def _denoiser_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes (state_dict names) of the DiffusionLM ``config`` describes,
-    computed without building it."""
-    c = {**_config_fields(), **config}
-    V, H, M = c["vocab_size"], c["hidden_size"], c["intermediate_size"]
-    shapes = {"embed_tokens.weight": (V, H), "lm_head.weight": (V, H), "norm.weight": (H,)}
-    if c["position_embedding"] == "rope+learned":
-        shapes["embed_positions.weight"] = (c["max_position_embeddings"], H)
-    for i in range(c["num_hidden_layers"]):
-        layer = f"layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[layer + f"attn.{proj}.weight"] = (H, H)
-        shapes.update({layer + "attn_norm.weight": (H,), layer + "mlp_norm.weight": (H,),
-                       layer + "mlp.gate_proj.weight": (M, H), layer + "mlp.up_proj.weight": (M, H),
-                       layer + "mlp.down_proj.weight": (H, M)})
-    return shapes
+    (missing fields take DiffusionLMConfig's defaults). The Sudoku encoding is
+    fixed: digits 0..8 and the blank; learned positions cover the grid."""
+    return _checkpoint.denoiser_config(op, meta_file, vocab_size=VOCAB_SIZE, mask_token_id=MASK_TOKEN,
+                                       sizes=_DENOISER_SIZES, positions=(1, 65536), learned_positions=NUM_CELLS,
+                                       mask_optional=True)
 
 
 @torch.no_grad()
