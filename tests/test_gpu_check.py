@@ -578,7 +578,12 @@ def test_dry_run_on_cpu_runs_the_sanitize_and_bench_stages(tmp_path, capsys):
     assert report["stages"]["sanitize"]["status"] == "ok"
     assert report["stages"]["bench"]["status"] == "ok"
     groups = {r["group"] for r in report["records"]}
-    assert groups == {"copy", "sweep", "cases"}
+    assert groups == {"copy", "sweep", "sampling", "cases"}
+    sampling = [r for r in report["records"] if r["group"] == "sampling"]
+    assert len(sampling) == 8 and all(r["check"] == "ok" for r in sampling)
+    summary = (tmp_path / "gpu_cpu-dry-run.txt").read_text()
+    # Each T > 0 time over the same backend's T = 0 time on the same rows.
+    assert summary.count(" us = ") == 6 and "native   peaked   T=0.7  tempered" in summary
     sweep = [r for r in report["records"] if r["group"] == "sweep"]
     assert {r["temperature"] for r in sweep} == {0.0, 1.0} and all(r["check"] == "ok" for r in sweep)
     assert all(r["bandwidth_fraction"] > 0 and r["copy_gbps"] > 0 for r in sweep)

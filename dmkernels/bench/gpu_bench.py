@@ -15,6 +15,10 @@ is measured, so that a stage stopped at its time limit keeps what it measured.
   moves for a plain copy.
 - Every case of dmkernels/bench/cases.py (the LLaDA float64 step, the float32
   eager and Dream steps, select + commit at ``[8, 1024]``), reused as they are.
+- The sampling cost: ``token_stats`` on bf16 ``[2048, 126464]`` randn * 4 and
+  peaked rows at T = 0, T = 1, T = 0.7 with tempered scores and T = 0.7 without
+  (:func:`sampling_cases`), ours only: the summary reports T > 0 time over T = 0
+  time per backend.
 - One large copy (1 GiB) for the card's copy bandwidth.
 
 Ours runs once per backend: the op wrappers read ``DMKERNELS_BACKEND`` at every
@@ -41,7 +45,8 @@ import torch
 
 import dmkernels
 from dmkernels.bench import measure
-from dmkernels.bench.cases import Case, LLaDAStepCase, TokenStatsCase, all_cases, select_cases
+from dmkernels.bench.cases import (Case, LLaDAStepCase, SamplingCostCase, TokenStatsCase, all_cases, select_cases)
+from dmkernels.bench.cases import _name as cases_name
 from dmkernels.bench.gpu_check import record_failed
 from dmkernels.constants import LLADA_VOCAB_SIZE
 
@@ -66,11 +71,35 @@ def sweep_cases(rows=SWEEP_ROWS, temperatures=SWEEP_TEMPERATURES, vocab: int = L
     return stats + llada
 
 
+SAMPLING_ROWS = 2048
+SAMPLING_KINDS = ("randn4", "peaked")
+#: (T, tempered scores): one distribution per element, then two (T != 1 untempered)
+SAMPLING_MODES = ((1.0, False), (0.7, True), (0.7, False))
+
+
+def sampling_cases(rows: int = SAMPLING_ROWS, vocab: int = LLADA_VOCAB_SIZE) -> list[Case]:
+    """What sampling costs over the argmax on each backend (issue 17's ratio):
+    ``token_stats`` on bf16 ``[rows, vocab]`` of each kind of rows at T = 0 and in
+    each sampling mode, ours only; the summary divides each T > 0 time by the T = 0
+    time of the same backend and rows."""
+    shape = (1, rows, vocab)
+    out: list[Case] = []
+    for kind in SAMPLING_KINDS:
+        out.append(TokenStatsCase(cases_name("sampling_T0", shape, torch.bfloat16, 0.0, kind), "token_stats",
+                                  "token_stats_T0", shape, torch.bfloat16, 0.0, True, kind))
+        for T, tempered in SAMPLING_MODES:
+            kind_name = "sampling_cost_tempered" if tempered else "sampling_cost"
+            out.append(SamplingCostCase(cases_name(kind_name, shape, torch.bfloat16, T, kind), "token_stats",
+                                        "token_stats_T0", shape, torch.bfloat16, T, True, kind, tempered=tempered))
+    return out
+
+
 def plan(quick: bool = False) -> list[tuple[str, Case, bool]]:
     """(group, case, time the baseline?) in the order they run. The eager float32
     step computes the argmax, so it is a baseline for T = 0 only."""
     rows = QUICK_ROWS if quick else SWEEP_ROWS
     out = [("sweep", c, c.baseline == "llada_step" or c.temperature == 0) for c in sweep_cases(rows)]
+    out += [("sampling", c, False) for c in sampling_cases(rows[-1] if quick else SAMPLING_ROWS)]
     if quick:
         # Small shapes, one case of each kind but Dream's (its sort takes a second a
         # call on one CPU core), and not LLaDA's float64 sampling (as slow).

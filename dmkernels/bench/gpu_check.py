@@ -717,6 +717,33 @@ def write_results(report: dict, out_dir: Path) -> tuple[Path, Path]:
     return json_path, txt_path
 
 
+def _sampling_summary(records: list[dict]) -> list[str]:
+    """Lines of the sampling-cost table: each T > 0 token_stats time over the T = 0
+    time of the same backend, rows and kind of rows (gpu_bench.sampling_cases)."""
+    sampling = [r for r in records if r.get("group") == "sampling" and r.get("median_us")]
+    if not sampling:
+        return []
+
+    def kind(r):  # the case name ends in the kind of rows, but for randn * 4 (cases._name)
+        last = r["case"].rsplit("/", 1)[-1]
+        return "randn4" if last.startswith("T") else last
+
+    base = {(r["backend"], kind(r)): r["median_us"] for r in sampling if r["case"].startswith("sampling_T0/")}
+    lines = ["", "sampling cost, bf16 " + "x".join(map(str, sampling[0]["shape"])) + ": token_stats at T > 0 / "
+             "at T = 0, same backend (targets: 1.5x one distribution, 2.2x two)"]
+    for r in sampling:
+        if r["case"].startswith("sampling_T0/"):
+            continue
+        t0 = base.get((r["backend"], kind(r)))
+        mode = r["case"].split("/")[0].replace("sampling_cost", "untempered").replace("untempered_tempered",
+                                                                                      "tempered")
+        ratio = f"{r['median_us'] / t0:.2f}x" if t0 else "-"
+        mark = "" if not record_failed(r) else " (wrong output)"
+        lines.append(f"  {r['backend']:<8} {kind(r):<8} T={r['temperature']:<4g} {mode:<11} "
+                     f"{r['median_us']:>9.1f} us / {_num(t0, '.1f', 8)} us = {ratio}{mark}")
+    return lines
+
+
 def _json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -790,6 +817,7 @@ def format_summary(report: dict) -> str:
             step = llada.get(key, {})
             lines.append(row + f" | {_num(first.get('baseline_median_us'), '.1f', 12)} {_ratio(ratio, 6)}"
                          f" | {_num(step.get('baseline_median_us'), '.0f', 9)} {_ratio(step.get('ratio'), 6)}")
+    lines += _sampling_summary(records)
     cases = [r for r in records if r.get("group") == "cases"]
     if cases:
         backends = list(dict.fromkeys(r["backend"] for r in cases if r["backend"] != "-"))
