@@ -499,6 +499,55 @@ def test_reference_fma_rounds_once():
     assert not torch.equal(got[:1000], a[:1000] * b[:1000] + c[:1000])  # two roundings differ
 
 
+@pytest.mark.parametrize("temperature,tempered", [(1.0, False), (0.7, True), (2.0, True)])
+@pytest.mark.parametrize("block_v,splits", [(64, 1), (64, 3), (32, None)])
+def test_top_two_from_group_maxima(backend, tiles, temperature, tempered, block_v, splits):
+    # When sampling with one distribution the Triton kernel takes a tile's top two
+    # from its group maxima and reads the maximum's group again only when the tile
+    # holds a new maximum: the margin must still see every place the second can be.
+    tiles(block_v=block_v, splits=splits)
+    logits = random_logits((8, 300))
+    logits[0, [5, 9]] = 20.0             # the maximum twice in one group: margin 0
+    logits[1, 5], logits[1, 9] = 20.0, 19.0   # the second in the maximum's group
+    logits[2, 40], logits[2, 9] = 20.0, 19.0  # the second in another group of the tile
+    logits[3, 290], logits[3, 9] = 20.0, 19.5  # a record in the last, short group
+    logits[4, 9], logits[4, 200] = 19.0, 20.0  # a record in a later tile: the old maximum is second
+    logits[5, 9], logits[5, 200] = 20.0, 20.0  # equal maxima in two tiles
+    logits[6, 100], logits[6, 101] = 20.0, 20.0 - 2**-18  # a near tie in one group
+    logits[7] = (torch.arange(300) % 11 == 4).float() * 3.0  # many tied maxima over the tiles
+    ours = check(backend, logits, temperature=temperature, seed=11, offset=4, tempered_scores=tempered)
+    assert ours.margin[0] == 0 and ours.margin[5] == 0 and ours.margin[7] == 0
+
+
+@pytest.mark.parametrize("temperature,tempered", [(1.0, False), (0.7, True), (0.7, False)])
+def test_triton_group_pass_takes_every_candidate_in_bound_order(triton_backend, tiles, monkeypatch,
+                                                                temperature, tempered):
+    # The Triton kernel gives a group its canonical key only while the group's bound
+    # (fast sum plus KEY_SLACK) reaches the best key so far. With a huge slack every
+    # group is a candidate, taken in decreasing bound order, not column order: the
+    # sample must still be the reference's, the earlier group winning ties.
+    if triton_backend.device != "cpu":
+        pytest.skip("changes a constexpr global: the interpreter reads it at run time")
+    import triton.language as tl
+
+    from dmkernels.triton import token_stats as triton_token_stats
+
+    tiles(block_v=128, splits=1)
+    logits = random_logits((6, 700))
+    logits[1] = 2.0**24  # tied keys in every group
+    logits[2, ::3] = -math.inf
+    logits[3, 333] = 30.0
+    logits[4] = logits[4] * 30
+    for slack in (40.0, 1e-3):
+        monkeypatch.setattr(triton_token_stats, "KEY_SLACK", tl.constexpr(slack))
+        for seed in range(3):
+            ours = triton_backend.call("token_stats", triton_backend.to(logits), temperature=temperature, seed=seed,
+                                       offset=1, tempered_scores=tempered).token.cpu()
+            want = token_stats_reference(logits, temperature=temperature, seed=seed, offset=1,
+                                         tempered_scores=tempered).token
+            assert torch.equal(ours, want), (slack, seed)
+
+
 def test_triton_split_plan_covers_the_vocabulary(triton_backend):
     from dmkernels.triton import token_stats as triton_token_stats
 

@@ -10,17 +10,29 @@ Then ``p(top) = 1 / S``, ``entropy = log S - A / S``,
 ``margin = (1 - exp(top2 - m)) / S`` (derivation in csrc/cpu/token_stats.cpp).
 
 A program walks its columns in tiles of BLOCK_V with scalar running state; per
-tile it does three reductions: (max, first index), the maximum of the others,
-and (sum e, sum e * d) as one joined reduction. A NaN logit needs no reduction of
-its own: it makes S NaN. Sampling views the tile as [BLOCK_V / 32, 32] noise
-groups: w = x * c, the group maxima m_g, the canonical exps and group_sum32
-(written out as sums over axes of size 2), one group Gumbel each, the keys
-K_g = m_g + (log_f32(S_g) + G_g) s and their (max, first index). With SHARED
-(T = 1 or tempered scores: the scores describe the sampled distribution) the
-same exps give the tile's sums, ``sum_g exp(m_g / s - m) S_g`` (one exp per
-element, as at T = 0); otherwise the sums take their own exps and a tile whose
-``max x * c + 21 s`` (noise.h kGroupKeyBound) cannot beat the best key so far
-skips the group pass. The element noise is drawn only for the winning group, in
+tile at T = 0 it does three reductions: (max, first index), the maximum of the
+others, and (sum e, sum e * d) as one joined reduction. A NaN logit needs no
+reduction of its own: it makes S NaN.
+
+Sampling views the tile as [BLOCK_V / 32, 32] noise groups with maxima m_g
+(w = x * c) and keys K_g = m_g + (log_f32(S_g) + G_g) s (noise.h). The canonical
+S_g (exp_f32, group_sum32) costs a polynomial exp per column, which made
+sampling compute-bound on a GPU (2.4x the T = 0 time on an H200 when every
+column took it), yet only a group that can beat the best key so far needs it.
+So a tile takes fast group sums Sf_g (the hardware exp) and one Gumbel per
+group, bounds every key from above (U_g in _best_group: exact, by monotone
+rounding), and computes the canonical key only of the groups whose bound
+reaches the best key, in decreasing bound order: on a row, about one group per
+new best. A tile whose ``max x * c + 21 s`` (noise.h kGroupKeyBound) cannot beat
+the best key skips even the Gumbels. With SHARED (T = 1 or tempered scores: the
+scores describe the sampled distribution) the fast group sums also give the
+tile's sums, ``sum_g exp(m_g / s - m) Sf_g`` (one exp per element, as at T = 0),
+and its top two come from the raw group maxima (a tile holding a new maximum
+reads that group's 32 columns again for the second); otherwise the sums and
+the top two are the T = 0 ones, with the group pass beside them. Scores stay
+within float32 tolerance of the reference; tokens are bit-identical, because
+only canonical keys enter the comparison. UNIT (c = s = 1: T = 1) skips the
+multiplies by one. The element noise is drawn only for the winning group, in
 the kernel that finishes the row. The kernels run with enable_fp_fusion=False
 (the spec's fused multiply-adds are explicit ``tl.fma``).
 
@@ -72,6 +84,8 @@ _OP = "token_stats"
 _FIELDS = 8  # m, S, A, top1 column, top2, best y, best column, NaN seen
 # Floor of exp's argument in the sums: exp(-128) is 0 in float32.
 EXP_FLOOR: tl.constexpr = tl.constexpr(-128.0)
+# Added to the fast log of a group sum to bound the canonical one (_best_group).
+KEY_SLACK: tl.constexpr = tl.constexpr(1.0e-3)
 # Tests may force the tile width (a power of two >= 32) and the number of
 # vocabulary splits (None: chosen from V and the row count).
 BLOCK_V_OVERRIDE: Optional[int] = None
@@ -208,6 +222,86 @@ def _write_partial(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, 
 
 
 @triton.jit
+def _group_sums(xg, mx, key_c, inv_s, UNIT: tl.constexpr):
+    """Per noise group of the tile xg [G, 32] (raw logits, group maxima mx): m_g,
+    whether the group is all -inf, and the sums of e = exp(d) and e * d over the
+    group, d = (w - m_g) / s (w = x * c) floored at EXP_FLUSH as exp_f32 does,
+    with the fast exp. UNIT: c = s = 1, whose multiplies are skipped (exact)."""
+    NEG_INF: tl.constexpr = float("-inf")
+    if UNIT:
+        w = xg
+        mg = mx
+    else:
+        w = xg * key_c
+        mg = mx * key_c  # rounding is monotone: max(x) * c == max(x * c)
+    empty = mg == NEG_INF
+    d = w - tl.where(empty, 0.0, mg)[:, None]
+    if not UNIT:
+        d = d * inv_s
+    d = tl.where(d < EXP_FLUSH, EXP_FLUSH, d)  # NaN stays NaN
+    e = tl.exp(d)
+    return mg, empty, tl.sum(e, axis=1), tl.sum(e * d, axis=1)
+
+
+@triton.jit
+def _group_key(xrow_ptr, grp, V, lead, key_c, key_s, inv_s, noise_group, noise_row,
+               seed_lo, seed_hi, offset_lo, offset_hi, UNIT: tl.constexpr):
+    """The canonical key K_g = m_g + (log_f32(S_g) + G_g) s of one noise group
+    (virtual columns grp * 32 ..; noise.h): its 32 columns read again, exp_f32,
+    group_sum32 and log_f32 as the spec has them. -inf for an all -inf group."""
+    NEG_INF: tl.constexpr = float("-inf")
+    cols = grp * 32 + tl.arange(0, 32)
+    x = tl.load(xrow_ptr + cols, mask=(cols < V) & (cols >= lead), other=NEG_INF).to(tl.float32)
+    if UNIT:
+        w = x
+    else:
+        w = x * key_c
+    mg = tl.max(w, axis=0)
+    empty = mg == NEG_INF
+    d = w - tl.where(empty, 0.0, mg)
+    if not UNIT:
+        d = d * inv_s
+    Sg = tl.sum(group_sum32(tl.reshape(exp_f32(d), [1, 32]), 1), axis=0)  # one term: exact
+    Gg = tl.sum(group_gumbel(noise_group + tl.zeros([1], tl.int32), noise_row, seed_lo, seed_hi, offset_lo,
+                             offset_hi), axis=0)
+    return tl.where(empty, NEG_INF, mg + (log_f32(tl.where(empty, 1.0, Sg)) + Gg) * key_s)
+
+
+@triton.jit
+def _best_group(mg, empty, Sf, best_y, best_col, group0, xrow_ptr, V, lead, key_c, key_s, inv_s, group_base,
+                noise_row, seed_lo, seed_hi, offset_lo, offset_hi, G: tl.constexpr, UNIT: tl.constexpr):
+    """The hierarchical Gumbel-max's group pass over a tile (noise.h): the running
+    (best key, its group) over the keys K_g = m_g + (log_f32(S_g) + G_g) s of the
+    tile's groups group0 .., earlier groups winning ties.
+
+    Every group gets its Gumbel G_g, but only groups that can still win get their
+    canonical key. The bound U_g = m_g + ((log(Sf_g) + KEY_SLACK) + G_g) s uses
+    the fast sums Sf: they and the canonical S_g lie in [1, 32] and differ far
+    less than KEY_SLACK in the log, so log(Sf_g) + KEY_SLACK > log_f32(S_g), and as
+    every float operation after it rounds monotonically, U_g >= K_g. Groups are
+    taken in decreasing U_g while U_g >= best_y; once the largest left is below
+    best_y none can win. Each key taken raises best_y to within about KEY_SLACK s
+    of the bounds, so a tile costs one canonical key per new best, not 32 exps
+    per column."""
+    NEG_INF: tl.constexpr = float("-inf")
+    idx = tl.arange(0, G)
+    Gg = group_gumbel(group_base + group0 + idx, noise_row, seed_lo, seed_hi, offset_lo, offset_hi)
+    # A NaN sum (a NaN logit: the row has no distribution) bounds nothing.
+    U = tl.where(empty | (Sf != Sf), NEG_INF, mg + ((tl.log(Sf) + KEY_SLACK) + Gg) * key_s)
+    umax, ug = tl.max(U, axis=0, return_indices=True, return_indices_tie_break_left=True)
+    while (umax >= best_y) & (umax > NEG_INF):
+        grp = group0 + ug
+        K = _group_key(xrow_ptr, grp, V, lead, key_c, key_s, inv_s, group_base + grp, noise_row,
+                       seed_lo, seed_hi, offset_lo, offset_hi, UNIT)
+        better = (K > best_y) | ((K == best_y) & (grp < best_col))  # ties: the earlier group
+        best_col = tl.where(better, grp, best_col)
+        best_y = tl.where(better, K, best_y)
+        U = tl.where(idx == ug, NEG_INF, U)
+        umax, ug = tl.max(U, axis=0, return_indices=True, return_indices_tie_break_left=True)
+    return best_y, best_col
+
+
+@triton.jit
 def _device_scales(temp_ptr):
     """inv_t, c, s, 1 / s (as the host computes them, reference/token_stats.py) from a
     float32 temperature read on the device (denoise_stats' 0-d tensor, so a captured
@@ -233,7 +327,7 @@ def _token_stats_kernel(
     inv_t, key_c, key_s, inv_s, seed_lo, seed_hi, offset_lo, offset_hi, group_base, lead, row_base,
     SAMPLE: tl.constexpr, TEMPERED: tl.constexpr, SHARED: tl.constexpr, HAS_POS: tl.constexpr,
     USE_ROWOFF: tl.constexpr, HAS_RNG: tl.constexpr, FINAL: tl.constexpr, PARTIAL: tl.constexpr,
-    BLOCK_V: tl.constexpr, T_PTR: tl.constexpr = False,
+    BLOCK_V: tl.constexpr, T_PTR: tl.constexpr = False, UNIT: tl.constexpr = False,
 ):
     """PARTIAL (token_stats_partial): V counts ``lead`` leading virtual -inf columns
     before the slice, so column u is local column u - lead and global column
@@ -279,44 +373,67 @@ def _token_stats_kernel(
             x = tl.load(xrow_ptr + cols, mask=(cols < end) & (cols >= lead), other=NEG_INF).to(tl.float32)
         else:
             x = tl.load(xrow_ptr + cols, mask=cols < end, other=NEG_INF).to(tl.float32)
-        if SAMPLE and TEMPERED:
-            z = x * inv_t
+        if SHARED:
+            # One distribution: the scores' sums come from the sampler's group exps,
+            # and the tile's top two from its raw group maxima (below).
+            xg = tl.reshape(x, [G, 32])
+            mx = tl.max(xg, axis=1)
+            tmax_x = tl.max(mx, axis=0)
+            if TEMPERED:
+                tmax = tmax_x * inv_t  # rounding is monotone: max(x) * c == max(x * c)
+            else:
+                tmax = tmax_x
+            if tmax > m:
+                # The tile holds the new maximum, so its second value matters: the
+                # largest other group maximum, or the second of the maximum's group
+                # (its 32 columns read again: once per record, not per tile).
+                gmax, gidx = tl.max(mx, axis=0, return_indices=True, return_indices_tie_break_left=True)
+                others = tl.max(tl.where(tl.arange(0, G) == gidx, NEG_INF, mx), axis=0)
+                gcols = col0 + gidx * 32 + tl.arange(0, 32)
+                if PARTIAL:
+                    v = tl.load(xrow_ptr + gcols, mask=(gcols < end) & (gcols >= lead), other=NEG_INF)
+                else:
+                    v = tl.load(xrow_ptr + gcols, mask=gcols < end, other=NEG_INF)
+                v = v.to(tl.float32)
+                _, vidx = tl.max(v, axis=0, return_indices=True, return_indices_tie_break_left=True)
+                tsecond = tl.maximum(others, tl.max(tl.where(tl.arange(0, 32) == vidx, NEG_INF, v), axis=0))
+                if TEMPERED:
+                    tsecond = tsecond * inv_t
+                top2 = tl.maximum(m, tsecond)
+            else:
+                top2 = tl.maximum(top2, tmax)
         else:
-            z = x
-        # Tile top two; the first column of the maximum (earlier tiles win ties).
-        tmax, tidx = tl.max(z, axis=0, return_indices=True, return_indices_tie_break_left=True)
-        tsecond = tl.max(tl.where(offs == tidx, NEG_INF, z), axis=0)
-        grows = tmax > m
-        top2 = tl.where(grows, tl.maximum(m, tsecond), tl.maximum(top2, tmax))
-        top1_col = tl.where(grows, col0 + tidx, top1_col)
+            if SAMPLE and TEMPERED:
+                z = x * inv_t
+            else:
+                z = x
+            # Tile top two; the first column of the maximum (earlier tiles win ties).
+            tmax, tidx = tl.max(z, axis=0, return_indices=True, return_indices_tie_break_left=True)
+            tsecond = tl.max(tl.where(offs == tidx, NEG_INF, z), axis=0)
+            grows = tmax > m
+            top2 = tl.where(grows, tl.maximum(m, tsecond), tl.maximum(top2, tmax))
+            top1_col = tl.where(grows, col0 + tidx, top1_col)
         m_new = tl.maximum(m, tmax)
         had = m > NEG_INF
         shift = tl.where(had, tl.maximum(m - m_new, EXP_FLOOR), 0.0)
         r = tl.where(had, tl.exp(shift), 0.0)
         if SHARED:
-            # The sampler's group pass (noise.h), whose exps are also the scores':
-            # z = w / s, so a group adds exp(m_g / s - m) times its own sums.
-            w = tl.reshape(x * key_c, [G, 32])
-            mg = tl.max(w, axis=1)
-            empty = mg == NEG_INF
-            d = (w - tl.where(empty, 0.0, mg)[:, None]) * inv_s
-            e = exp_f32(d)
-            Sg = group_sum32(e, G)
-            Sg = tl.where(empty & (Sg == Sg), 0.0, Sg)  # a NaN stays (it marks the row invalid)
-            K = tl.where(empty, NEG_INF, mg + (log_f32(tl.where(empty, 1.0, Sg)) + group_gumbel(
-                group_base + col0 // 32 + tl.arange(0, G), row + row_base, seed_lo, seed_hi, offset_lo,
-                offset_hi)) * key_s)
-            tk, kidx = tl.max(K, axis=0, return_indices=True, return_indices_tie_break_left=True)
-            better = tk > best_y  # strict: earlier groups win ties
-            best_col = tl.where(better, col0 // 32 + kidx, best_col)
-            best_y = tl.where(better, tk, best_y)
-            Ag = tl.sum(e * tl.where(d < EXP_FLUSH, EXP_FLUSH, d), axis=1)
-            mgz = mg * inv_s
+            # z = w / s, so a group adds exp(m_g / s - m) times its own sums, taken
+            # with the fast exp; the canonical ones only where a key can still win.
+            mg, empty, Sf, Af = _group_sums(xg, mx, key_c, inv_s, UNIT)
+            if UNIT:
+                mgz = mg
+            else:
+                mgz = mg * inv_s
             live = mgz > NEG_INF
             dd = tl.where(live, tl.maximum(mgz - m_new, EXP_FLOOR), EXP_FLOOR)
             rg = tl.where(live, tl.exp(dd), 0.0)
-            tile_S = tl.sum(rg * Sg, axis=0)
-            tile_A = tl.sum(tl.where(live, rg * (Ag + dd * Sg), 0.0), axis=0)
+            tile_S = tl.sum(rg * Sf, axis=0)
+            tile_A = tl.sum(tl.where(live, rg * (Af + dd * Sf), 0.0), axis=0)
+            if tmax_x * key_c + GROUP_KEY_BOUND * key_s > best_y - tl.abs(best_y) * 9.5367431640625e-07:
+                best_y, best_col = _best_group(mg, empty, Sf, best_y, best_col, col0 // 32, xrow_ptr, end, lead,
+                                               key_c, key_s, inv_s, group_base, row + row_base,
+                                               seed_lo, seed_hi, offset_lo, offset_hi, G, UNIT)
         else:
             # Exp sums against the new maximum. -inf entries add exactly 0; a NaN entry
             # makes S NaN (how a NaN row is detected: no extra reduction). Differences
@@ -329,24 +446,15 @@ def _token_stats_kernel(
             sums = tl.sum(tl.join(ez, ez * dz), axis=0)  # one reduction for both sums
             tile_S, tile_A = tl.split(sums)
             if SAMPLE:
-                # Two distributions: the group pass only where a group key could
-                # still win (K_g <= m_g + GROUP_KEY_BOUND * s, noise.h), with slack
-                # for the rounding of K at large |K|. max(x) * c == max(x * c).
-                reach = tl.max(x, axis=0) * key_c
-                bound = best_y - tl.abs(best_y) * 9.5367431640625e-07
-                if reach + GROUP_KEY_BOUND * key_s > bound:
-                    w = tl.reshape(x * key_c, [G, 32])
-                    mg = tl.max(w, axis=1)
-                    empty = mg == NEG_INF
-                    e = exp_f32((w - tl.where(empty, 0.0, mg)[:, None]) * inv_s)
-                    Sg = group_sum32(e, G)
-                    K = tl.where(empty, NEG_INF, mg + (log_f32(tl.where(empty, 1.0, Sg)) + group_gumbel(
-                        group_base + col0 // 32 + tl.arange(0, G), row + row_base, seed_lo, seed_hi, offset_lo,
-                        offset_hi)) * key_s)
-                    tk, kidx = tl.max(K, axis=0, return_indices=True, return_indices_tie_break_left=True)
-                    better = tk > best_y
-                    best_col = tl.where(better, col0 // 32 + kidx, best_col)
-                    best_y = tl.where(better, tk, best_y)
+                # Two distributions (z = x here): the group pass only where a group
+                # key could still win (K_g <= m_g + GROUP_KEY_BOUND * s, noise.h),
+                # with slack for the rounding of K at large |K|. max(x) * c == max(x * c).
+                if tmax * key_c + GROUP_KEY_BOUND * key_s > best_y - tl.abs(best_y) * 9.5367431640625e-07:
+                    xg = tl.reshape(x, [G, 32])
+                    mg, empty, Sf, _Af = _group_sums(xg, tl.max(xg, axis=1), key_c, inv_s, UNIT)
+                    best_y, best_col = _best_group(mg, empty, Sf, best_y, best_col, col0 // 32, xrow_ptr, end, lead,
+                                                   key_c, key_s, inv_s, group_base, row + row_base,
+                                                   seed_lo, seed_hi, offset_lo, offset_hi, G, UNIT)
         A = r * (A + shift * S) + tile_A
         S = r * S + tile_S
         m = m_new
@@ -514,6 +622,8 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
     inv_s = 1.0 / key_s  # a power of two
     # One distribution: the sampler's group exps are the scores' exps.
     shared = sample and (bool(tempered_scores) or inv_t == 1.0)
+    # c = s = 1 (T = 1 among others): the kernel skips those multiplies (exact).
+    unit = sample and temperature_tensor is None and key_c == 1.0 and key_s == 1.0
     seed_lo, seed_hi = split_u64(seed)
     offset_lo, offset_hi = split_u64(offset)
     pos = positions.reshape(-1) if positions is not None else placeholder  # tiny: [rows] bools
@@ -546,7 +656,7 @@ def _launch(logits, temperature, seed, offset, tempered_scores, positions, rng, 
             logits, pos, rowoff, token, conf, margin, ent, part, rng_ptr, out, temp_ptr,
             n_parts, Vv, chunk, *layout, inv_t, key_c, key_s, inv_s, seed_lo, seed_hi, offset_lo, offset_hi,
             group_base, lead, row_base,
-            SHARED=shared, FINAL=splits == 1, BLOCK_V=BLOCK_V, num_warps=num_warps,
+            SHARED=shared, FINAL=splits == 1, BLOCK_V=BLOCK_V, num_warps=num_warps, UNIT=unit,
             enable_fp_fusion=False, **flags,
         )
         if splits > 1:
