@@ -615,8 +615,11 @@ def all_cases() -> list[Case]:
                               "token_stats_partial", "reference", (2, 32, LLADA_VOCAB // 2), torch.bfloat16),
         TokenStatsPartialCase(_name("token_stats_partial", (2, 32, LLADA_VOCAB // 2), torch.bfloat16, 1.0),
                               "token_stats_partial", "reference", (2, 32, LLADA_VOCAB // 2), torch.bfloat16, 1.0),
-        # LLaDA-size logits: 0.52 GB ([1, 1024]) and 1.04 GB ([8, 256]) of float32;
-        # LLaDA's float64 step takes 5-60 s and up to 10 GB, so it runs once.
+        # LLaDA-size logits: 0.13 GB ([1, 256], one block of gen length 256), 0.52 GB
+        # ([1, 1024]) and 1.04 GB ([8, 256]) of float32; LLaDA's float64 step takes
+        # 1-60 s and up to 10 GB, so it runs once.
+        _llada_case((1, 256, LLADA_VOCAB), 0.0, large=True),
+        _llada_case((1, 256, LLADA_VOCAB), 1.0, large=True),
         _llada_case((1, 1024, LLADA_VOCAB), 0.0, large=True),
         _llada_case((1, 1024, LLADA_VOCAB), 1.0, large=True),
         _llada_case((8, 256, LLADA_VOCAB), 0.0, large=True),
