@@ -37,7 +37,7 @@ from typing import Callable
 
 import torch
 
-from .policies.learned import LearnedPolicy, Trajectory, set_log_prob
+from .policies.learned import LearnedPolicy, Trajectory, run_scorer, set_log_prob
 from .sampler import _generate_sampler, _infill_sampler, _signature_check, generate, infill as infill_fn
 
 __all__ = ["grpo", "rloo", "rollout", "supervised", "trajectory_log_probs"]
@@ -67,8 +67,9 @@ def trajectory_log_probs(policy: LearnedPolicy, trajectory: Trajectory, scorer=N
     temperature = trajectory.temperature
     out = []
     hidden = trajectory.hidden or [None] * len(trajectory.features)
-    for features, h, eligible, chosen in zip(trajectory.features, hidden, trajectory.eligible, trajectory.chosen):
-        raw = scorer(features) if h is None else scorer(features, h)
+    for features, h, tokens, eligible, chosen in zip(trajectory.features, hidden, trajectory.tokens,
+                                                     trajectory.eligible, trajectory.chosen):
+        raw = run_scorer(scorer, features, h, tokens)
         scores = torch.where(eligible, raw.float(), float("-inf"))
         out.append(set_log_prob(scores, chosen, eligible, policy.selection, temperature))
     return torch.stack(out)
@@ -183,9 +184,10 @@ def rloo(policy: LearnedPolicy, model, prompts: torch.Tensor, reward_fn: RewardF
     return history
 
 
-def _clean_states(policy, model, prompts, targets, *, explore, seed, batch, infill, generate_kwargs):
+def _clean_states(policy, model, prompts, targets, *, explore, seed, batch, infill, generate_kwargs, with_tokens=False):
     """Roll out ``policy`` (exploring) and keep, per step, the rows whose commits so
-    far all equal the targets: (features, hidden or None, right, eligible)."""
+    far all equal the targets: (features, hidden or None, right, eligible), and the step tokens
+    when ``with_tokens`` (for scorers that read them)."""
     kept = []
     for lo in range(0, prompts.shape[0], batch):
         target = targets[lo:lo + batch]
@@ -201,10 +203,11 @@ def _clean_states(policy, model, prompts, targets, *, explore, seed, batch, infi
             right = tokens == target
             keep = clean & eligible.any(-1)
             h = traj.hidden[t]
-            kept.append((traj.features[t][keep], None if h is None else h[keep], right[keep], eligible[keep]))
+            kept.append((traj.features[t][keep], None if h is None else h[keep], right[keep], eligible[keep],
+                         tokens[keep]))
             clean = clean & ~(traj.chosen[t] & ~right).any(-1)
     cat = lambda i: None if kept[0][i] is None else torch.cat([k[i] for k in kept])  # noqa: E731
-    return tuple(cat(i) for i in range(4))
+    return tuple(cat(i) for i in range(5 if with_tokens else 4))
 
 
 def _correctness_loss(scores, right, eligible):
@@ -249,10 +252,10 @@ def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: tor
         was_training = policy.scorer.training
         policy.scorer.eval()
         new = _clean_states(policy, model, prompts, targets, explore=explore, seed=seed * 1_000_003 + r * 65_537,
-                            batch=rollout_batch, infill=infill, generate_kwargs=generate_kwargs)
+                            batch=rollout_batch, infill=infill, generate_kwargs=generate_kwargs, with_tokens=True)
         policy.scorer.train(was_training)
         data = new if data is None else tuple(None if a is None else torch.cat([a, b]) for a, b in zip(data, new))
-        features, hidden, right, eligible = data
+        features, hidden, right, eligible, tokens = data
         n = features.shape[0]
         if n == 0:
             raise RuntimeError("dmkernels.train.supervised: the rollouts left no step to learn from "
@@ -270,7 +273,7 @@ def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: tor
             total = torch.zeros((), device=features.device)  # summed on the device: no sync per batch
             for lo in range(0, n, batch_size):
                 i = order[lo:lo + batch_size]
-                raw = policy.scorer(features[i]) if hidden is None else policy.scorer(features[i], hidden[i].float())
+                raw = run_scorer(policy.scorer, features[i], None if hidden is None else hidden[i].float(), tokens[i])
                 loss = _correctness_loss(raw.float(), right[i], eligible[i])
                 optimizer.zero_grad()
                 loss.backward()

@@ -250,3 +250,218 @@ def test_the_quality_benchmark_compares_learned_policies_with_the_task_feature_p
     ran = []
     quality.run(n_puzzles=2, budgets=("long",), quick=True, only=["Margin"], log=ran.append)
     assert ran and all("Margin" in line for line in ran)
+
+
+# The proposal embedding: the block's input also carries each position's step token -------------
+
+def _embed_scorer(model, **kw):
+    return BlockScorer.from_model(model, proposal_embedding=True, **kw)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(num_hidden_layers=3, hidden_size=48, num_attention_heads=4,
+                                                position_embedding="rope+learned")])
+def test_the_proposal_embedding_starts_at_zero_and_the_copy_reproduces_the_last_block(overrides):
+    model = tiny(**overrides)
+    x = torch.randint(0, V, (3, 11))
+    tokens = torch.randint(0, V, (3, 11))
+    features = torch.randn(3, 11, NUM_FEATURES)
+    scorer = _embed_scorer(model)
+    assert scorer.reads_tokens and scorer.config["vocab_size"] == V and scorer.config["proposal_embedding"]
+    # A frozen copy of the model's own input embedding table; only the projection learns.
+    assert torch.equal(scorer.token_embed.weight, model.embed_tokens.weight)
+    assert not scorer.token_embed.weight.requires_grad and scorer.token_in.weight.requires_grad
+    with torch.no_grad():
+        out = model(x, output_hidden_states=True)
+        assert torch.equal(scorer.body(out.hidden_states[-2], features, tokens), out.hidden_states[-1])
+        assert torch.allclose(scorer(features, out.hidden_states[-2], tokens), scorer.skip(features).squeeze(-1))
+        # Past the zero start, the tokens change the block's input: the scores depend on them.
+        scorer.token_in.weight.normal_()
+        other = (tokens + 1) % V
+        assert not torch.equal(scorer.body(out.hidden_states[-2], features, tokens),
+                               scorer.body(out.hidden_states[-2], features, other))
+    # The model is not touched by training the scorer's projection.
+    assert torch.equal(model.embed_tokens.weight, BlockScorer.from_model(model, proposal_embedding=True)
+                       .token_embed.weight)
+
+
+def test_the_policy_passes_the_step_tokens_proposals_where_masked_canvas_elsewhere():
+    model = tiny()
+    scorer = _embed_scorer(model)
+    policy = LearnedPolicy(scorer)
+    assert policy.needs_tokens and policy.needs_hidden and policy.hidden_layer == -2
+    assert not LearnedPolicy(BlockScorer.from_model(model)).needs_tokens
+    seen = []
+    forward = scorer.forward
+
+    def spy(features, hidden=None, tokens=None):
+        seen.append(tokens.clone())
+        return forward(features, hidden, tokens)
+
+    scorer.forward = spy
+    canvas = torch.randint(0, MASK, (2, 12))
+    canvas[:, 3::2] = MASK
+    _, traj = rollout(policy, model, canvas, seed=0, explore=1.0, infill=True, steps=4, mask_id=MASK)
+    assert len(seen) == 4 and len(traj) == 4
+    with torch.no_grad():
+        first = model(canvas).logits.argmax(-1)
+    # Step 0: the model's proposals at the masked cells, the given tokens elsewhere.
+    assert torch.equal(seen[0], torch.where(canvas == MASK, first, canvas))
+    for t in range(4):  # what the trainers rescore is what the policy read
+        assert torch.equal(traj.tokens[t], seen[t])
+    # A position committed at a step holds, at every later step, the token the step proposed there.
+    for t in range(3):
+        committed = traj.chosen[t]
+        assert committed.any()
+        assert torch.equal(seen[t + 1][committed], seen[t][committed])
+        assert not traj.eligible[t + 1][committed].any()
+
+
+def test_the_proposal_embedding_trains_through_the_trainers():
+    from dmkernels.train import supervised
+    model = tiny()
+    policy = LearnedPolicy(_embed_scorer(model))
+    canvas = torch.randint(0, MASK, (4, 10))
+    canvas[:, ::2] = MASK
+    _, traj = rollout(policy, model, canvas, seed=0, explore=1.0, infill=True, steps=5, mask_id=MASK)
+    policy.scorer.head.weight.data.normal_()  # past the zero start, so gradients reach token_in
+    trajectory_log_probs(policy, traj).sum().backward()
+    assert policy.scorer.token_in.weight.grad.abs().sum() > 0
+    assert policy.scorer.token_embed.weight.grad is None  # frozen
+    before = policy.scorer.token_in.weight.detach().clone()
+    embed = policy.scorer.token_embed.weight.detach().clone()
+    answer = torch.where(canvas == MASK, torch.full_like(canvas, 3), canvas)
+    supervised(policy, model, canvas, answer, rounds=1, epochs=2, batch_size=4, lr=1e-2, infill=True, steps=5,
+               mask_id=MASK)
+    assert not torch.equal(policy.scorer.token_in.weight, before)
+    assert torch.equal(policy.scorer.token_embed.weight, embed)
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+def test_the_proposal_embedding_policy_runs_without_host_sync(cache):
+    model = tiny()
+    scorer = _embed_scorer(model)
+    with torch.no_grad():
+        scorer.token_in.weight.normal_()  # a trained-looking projection: the tokens matter
+        scorer.head.weight.normal_()
+    policy = LearnedPolicy(scorer)
+    prompt = torch.randint(0, MASK - 1, (2, 4))
+    with forbid_host_sync():
+        out = dmkernels.generate(model, prompt, gen_length=8, block_length=4, steps=4, policy=policy, cache=cache,
+                                 seed=0)
+        canvas = out.sequences.clone()
+        canvas[:, 5::2] = MASK
+        filled = dmkernels.infill(model, canvas, steps=3, policy=policy, mask_id=MASK, seed=0)
+    assert not (out.sequences == MASK).any() and not (filled.sequences == MASK).any()
+
+
+def test_the_proposal_embedding_save_and_load_round_trip(tmp_path):
+    model = tiny()
+    scorer = _embed_scorer(model)
+    with torch.no_grad():
+        for p in scorer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    policy = LearnedPolicy(scorer)
+    path = str(tmp_path / "embed.safetensors")
+    policy.save(path)
+    loaded = LearnedPolicy.load(path)
+    assert loaded.scorer.config == scorer.config and loaded.needs_tokens
+    assert not loaded.scorer.token_embed.weight.requires_grad  # still frozen after loading
+    state, back = scorer.state_dict(), loaded.scorer.state_dict()
+    assert state.keys() == back.keys() and all(torch.equal(state[k], back[k]) for k in state)
+    prompt = torch.randint(0, MASK - 1, (2, 4))
+    a = dmkernels.generate(model, prompt, gen_length=8, block_length=8, steps=4, policy=policy, seed=0)
+    b = dmkernels.generate(model, prompt, gen_length=8, block_length=8, steps=4, policy=loaded, seed=0)
+    assert torch.equal(a.sequences, b.sequences)
+
+
+def test_an_old_configuration_without_the_flag_loads_unchanged(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    model = tiny()
+    scorer = BlockScorer.from_model(model)
+    assert "proposal_embedding" not in scorer.config  # configurations written before it stay as they were
+    path = str(tmp_path / "old.safetensors")
+    LearnedPolicy(scorer).save(path)
+    with safe_open(path, "pt") as f:
+        assert set(json.loads(f.metadata()["dmkernels"])["scorer"]) == {
+            "kind", "num_features", "hidden_size", "heads", "intermediate_size", "rms_norm_eps", "rope_theta"}
+        assert not any(k.startswith("token_") for k in f.keys())
+    loaded = LearnedPolicy.load(path)
+    assert not loaded.needs_tokens and not hasattr(loaded.scorer, "token_embed")
+    prompt = torch.randint(0, MASK - 1, (2, 4))
+    a = dmkernels.generate(model, prompt, gen_length=8, block_length=4, steps=4, policy=LearnedPolicy(scorer), seed=0)
+    b = dmkernels.generate(model, prompt, gen_length=8, block_length=4, steps=4, policy=loaded, seed=0)
+    assert torch.equal(a.sequences, b.sequences)
+    # An explicit false flag is the same scorer.
+    assert not LearnedPolicy.load(_rewrite(path, tmp_path, proposal_embedding=False)).needs_tokens
+
+
+def test_the_shipped_block_policy_loads_without_the_flag():
+    from pathlib import Path
+
+    import dmkernels.tasks as tasks
+    path = Path(tasks.__file__).parent / "checkpoints" / "policy_block_grpo.safetensors"
+    policy = LearnedPolicy.load(str(path))
+    assert not policy.needs_tokens and "proposal_embedding" not in policy.scorer.config
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(proposal_embedding=1), r"scorer.proposal_embedding must be true or false"),
+    (dict(vocab_size=None), r"scorer.vocab_size must be an int, got None"),
+    (dict(vocab_size=0), r"scorer.vocab_size must be in \[1, "),
+    (dict(vocab_size=V + 1), r"tensor token_embed.weight has shape \[41, 32\], the configuration implies \[42, 32\]"),
+    (dict(proposal_embedding=False), r"unexpected|token_embed"),
+])
+def test_a_bad_proposal_embedding_configuration_is_a_clear_error(tmp_path, changes, words):
+    path = str(tmp_path / "embed.safetensors")
+    LearnedPolicy(_embed_scorer(tiny())).save(path)
+    with pytest.raises(ValueError, match=r"learned.LearnedPolicy.load: .*" + words):
+        LearnedPolicy.load(_rewrite(path, tmp_path, **changes))
+
+
+def test_wrong_step_tokens_are_a_clear_error():
+    model = tiny()
+    scorer = _embed_scorer(model)
+    hidden = torch.randn(2, 6, 32)
+    features = torch.zeros(2, 6, NUM_FEATURES)
+    with pytest.raises(ValueError, match=r"learned.BlockScorer: built with proposal_embedding=True: needs the step "
+                                         r"tokens"):
+        scorer(features, hidden)
+    with pytest.raises(TypeError, match=r"learned.BlockScorer: tokens must be an integer tensor \[B, W\], got "
+                                        r"torch.float32"):
+        scorer(features, hidden, torch.zeros(2, 6))
+    with pytest.raises(ValueError, match=r"learned.BlockScorer: tokens have shape \[2, 5\], expected \[2, 6\]"):
+        scorer(features, hidden, torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"learned.BlockScorer: tokens were given, but the scorer was built "
+                                         r"without proposal_embedding"):
+        BlockScorer.from_model(model)(features, hidden, torch.zeros(2, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"learned.BlockScorer: proposal_embedding=True needs vocab_size"):
+        BlockScorer(hidden_size=32, heads=2, intermediate_size=64, proposal_embedding=True)
+    with pytest.raises(TypeError, match=r"learned.BlockScorer: proposal_embedding must be a bool"):
+        BlockScorer(hidden_size=32, heads=2, intermediate_size=64, proposal_embedding="yes", vocab_size=V)
+    with pytest.raises(TypeError, match=r"learned.BlockScorer.from_model: model must be a "
+                                        r"dmkernels.models.DiffusionLM"):
+        BlockScorer.from_model(LogitsOnly(model), proposal_embedding=True)
+    # A model proposing from a larger vocabulary than the scorer's table: refused before it indexes the table.
+    big = tiny(seed=0)
+    small = LearnedPolicy(BlockScorer(num_features=NUM_FEATURES, hidden_size=32, heads=2, intermediate_size=64,
+                                      proposal_embedding=True, vocab_size=V - 5))
+    small.scorer.block = BlockScorer.from_model(big).block
+    with pytest.raises(ValueError, match=r"learned.LearnedPolicy: the model proposes from 41 tokens, but the "
+                                         r"scorer's embedding table holds 36"):
+        dmkernels.infill(big, torch.full((2, 6), MASK), steps=3, policy=small, mask_id=MASK)
+
+
+def test_the_proposal_embedding_policy_picks_the_same_tokens_on_every_backend(backend):
+    model = tiny().to(backend.device)
+    scorer = _embed_scorer(model)
+    with torch.no_grad():  # the tokens matter to the scores
+        scorer.token_in.weight.normal_()
+        scorer.head.weight.normal_()
+    policy = LearnedPolicy(scorer)
+    prompt = torch.randint(0, MASK - 1, (2, 4), generator=torch.Generator().manual_seed(1)).to(backend.device)
+    run = dict(gen_length=8, block_length=4, steps=4, policy=policy, temperature=0.7, seed=5)
+    want = dmkernels.generate(model, prompt, backend="reference", **run).sequences
+    got = dmkernels.generate(model, prompt, backend=backend.name, **run).sequences
+    assert torch.equal(got.cpu(), want.cpu())

@@ -61,6 +61,7 @@ _SHIPPED = (
     "dmkernels/tasks/checkpoints/pairs_order_rloo_4.safetensors",
     "dmkernels/tasks/checkpoints/pairs_order_rloo_8.safetensors",
     "dmkernels/tasks/checkpoints/policy_block_grpo.safetensors",
+    "dmkernels/tasks/checkpoints/policy_block_embed_supervised.safetensors",
 )
 
 

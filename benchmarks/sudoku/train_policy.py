@@ -10,7 +10,8 @@ is trained in stages, a supervised start and then GRPO with ``--resume``; the
 commands are in ``benchmarks/sudoku/README.md``. So is the generic policy's
 (``--scorer block``: a copy of the denoiser's last transformer block reading the
 hidden state that enters it plus the step features, no task features; shipped
-as ``policy_block_grpo``).
+as ``policy_block_grpo``; with ``--proposal-embedding`` the block also reads the
+embeddings of the proposed tokens, shipped as ``policy_block_embed_supervised``).
 
 The denoiser (``load_denoiser("long")``) stays frozen. Training puzzles come
 from their own seeded stream (never the held-out one), multiplied by random
@@ -49,6 +50,7 @@ from dmkernels import policies as P
 from dmkernels.bench.quality import NoMaskProposals, evaluate
 from dmkernels.learned import (FEATURES, NUM_FEATURES, BlockScorer, LearnedPolicy, MLPScorer, TransformerScorer,
                                feature_provider)
+from dmkernels.policies.learned import run_scorer
 from dmkernels.tasks import sudoku
 from dmkernels.train import grpo, rloo, rollout, supervised
 
@@ -82,8 +84,7 @@ def warm_start(policy, model, puzzles, steps, iterations=60, lr=3e-3, seed=0):
         loss = 0.0
         for t in torch.randperm(len(traj), generator=g)[:4].tolist():
             f, e = traj.features[t], traj.eligible[t].float()
-            h = traj.hidden[t]
-            s = policy.scorer(f) if h is None else policy.scorer(f, h)
+            s = run_scorer(policy.scorer, f, traj.hidden[t], traj.tokens[t])
             per = (s - 5 * f[..., conf]) ** 2
             loss = loss + (per * e).sum() / e.sum().clamp_min(1)
         loss = loss / 4
@@ -98,6 +99,10 @@ def main(argv=None):
     ap.add_argument("--scorer", choices=("mlp", "transformer", "block"), default="transformer",
                     help="block: a copy of the denoiser's last transformer block reading the hidden state that "
                          "enters it, plus the step features (no task features needed)")
+    ap.add_argument("--proposal-embedding", action="store_true",
+                    help="--scorer block: the block's input also carries the embedding of each position's step "
+                         "token (the proposal where masked, the canvas elsewhere), through a frozen copy of the "
+                         "denoiser's embedding table and a zero-initialised projection")
     ap.add_argument("--trainer", choices=("grpo", "rloo", "none"), default="grpo")
     ap.add_argument("--steps", type=int, default=20, help="model calls per puzzle during training")
     ap.add_argument("--iterations", type=int, default=150)
@@ -155,7 +160,7 @@ def main(argv=None):
     else:
         width = NUM_FEATURES + sum(feature_provider(n).width for n in args.features)
         if args.scorer == "block":  # reads hidden_states[-2] itself: --hidden does not apply
-            scorer = BlockScorer.from_model(denoiser, num_features=width)
+            scorer = BlockScorer.from_model(denoiser, num_features=width, proposal_embedding=args.proposal_embedding)
         elif args.scorer == "transformer":
             scorer = TransformerScorer(num_features=width, d_model=args.d_model, ff=4 * args.d_model,
                                        max_positions=sudoku.NUM_CELLS, **hidden)

@@ -22,7 +22,9 @@ other :class:`~dmkernels.policies.Policy`:
             the denoiser's own last transformer block, reading the hidden state
             that enters that block: ``BlockScorer.from_model(model)``; the
             policy then asks the sampler for ``hidden_states[-2]`` through
-            ``policy.hidden_layer``).
+            ``policy.hidden_layer``; with ``proposal_embedding=True`` it also
+            reads the embedding of each position's step token, the proposal
+            where eligible and the canvas elsewhere: :meth:`LearnedPolicy.step_tokens`).
   selection "topk": the schedule's count (fixed-step decoding, like
             LowConfidence); "threshold": every position with
             sigmoid(score) > 0.5, at least the best (adaptive decoding, the
@@ -60,7 +62,8 @@ from .. import ops
 from .base import Policy, StepContext
 
 __all__ = ["FEATURES", "BlockScorer", "FeatureProvider", "LearnedPolicy", "MLPScorer", "TransformerScorer",
-           "Trajectory", "feature_provider", "feature_providers", "register_feature", "set_log_prob", "step_features"]
+           "Trajectory", "feature_provider", "feature_providers", "register_feature", "run_scorer", "set_log_prob",
+           "step_features"]
 
 FEATURES = ("confidence", "margin", "entropy", "log_prob", "position", "step_fraction", "mask")
 NUM_FEATURES = len(FEATURES)
@@ -276,6 +279,7 @@ class BlockScorer(nn.Module):
     and any provider columns). Computation::
 
         x = hidden + feature_in(features)          # feature_in starts at zero
+          (+ token_in(token_embed(tokens)))        # proposal_embedding=True; token_in starts at zero
         y = norm(block(x))                         # the model's last block and final norm, copied
         score = head(y) + skip(features)           # head starts at zero
 
@@ -288,6 +292,15 @@ class BlockScorer(nn.Module):
     cache; otherwise the scorer sees the block alone). No attention mask: the
     block's rows are all generated positions.
 
+    With ``proposal_embedding=True`` (``from_model(model, proposal_embedding=True)``)
+    the block's input also carries the embedding of each position's *step
+    token*: the token the step would commit there (the proposal) at eligible
+    positions, the canvas token elsewhere (see :meth:`LearnedPolicy.step_tokens`).
+    ``token_embed`` is a frozen copy of the model's input embedding table (the
+    scorer reads tokens in the model's own embedding space; only the projection
+    ``token_in`` learns), so attention can compare a cell's proposal with the
+    proposals and committed tokens of the others. Nothing in it is task-specific.
+
     Built for :class:`dmkernels.models.DiffusionLM`'s block (pre-RMSNorm
     attention with RoPE, SwiGLU MLP); ``from_model`` refuses other models with
     an error naming the argument.
@@ -297,14 +310,23 @@ class BlockScorer(nn.Module):
     hidden_layer = -2
 
     def __init__(self, num_features: int = NUM_FEATURES, hidden_size: int = 64, heads: int = 4,
-                 intermediate_size: int = 128, rms_norm_eps: float = 1e-5, rope_theta: float = 500000.0):
+                 intermediate_size: int = 128, rms_norm_eps: float = 1e-5, rope_theta: float = 500000.0,
+                 proposal_embedding: bool = False, vocab_size: int | None = None):
         super().__init__()
         from ..models.config import DiffusionLMConfig
         from ..models.transformer import DiffusionLMBlock, RMSNorm
 
+        op = "learned.BlockScorer"
+        if not isinstance(proposal_embedding, bool):
+            check.fail(op, f"proposal_embedding must be a bool, got {proposal_embedding!r}", TypeError)
+        if proposal_embedding and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+            check.fail(op, f"proposal_embedding=True needs vocab_size, the model's vocabulary (an int >= 1), got "
+                           f"{vocab_size!r}")
         self.config = dict(kind="block", num_features=num_features, hidden_size=hidden_size, heads=heads,
                            intermediate_size=intermediate_size, rms_norm_eps=float(rms_norm_eps),
                            rope_theta=float(rope_theta))
+        if proposal_embedding:  # only then: older configurations stay as they were written
+            self.config.update(proposal_embedding=True, vocab_size=vocab_size)
         block_config = DiffusionLMConfig(vocab_size=2, hidden_size=hidden_size, num_hidden_layers=1,
                                          num_attention_heads=heads, intermediate_size=intermediate_size,
                                          rms_norm_eps=rms_norm_eps, rope_theta=rope_theta)
@@ -314,18 +336,32 @@ class BlockScorer(nn.Module):
         self.norm = RMSNorm(hidden_size, rms_norm_eps)
         self.head = nn.Linear(hidden_size, 1)
         self.skip = nn.Linear(num_features, 1)
-        for layer in (self.feature_in, self.head):  # the copied block decides at the start
+        zero = [self.feature_in, self.head]
+        if proposal_embedding:
+            # Frozen: the model's own token space (copied by from_model); token_in learns to read it.
+            self.token_embed = nn.Embedding(vocab_size, hidden_size)
+            self.token_embed.weight.requires_grad_(False)
+            self.token_in = nn.Linear(hidden_size, hidden_size)
+            zero.append(self.token_in)
+        for layer in zero:  # the copied block decides at the start
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
         for m in self.block.modules():  # random init for a scorer not made from a model
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=1.0 / math.sqrt(m.in_features))
 
+    @property
+    def reads_tokens(self) -> bool:
+        """The scorer reads the step tokens (``proposal_embedding=True``)."""
+        return bool(self.config.get("proposal_embedding"))
+
     @classmethod
-    def from_model(cls, model, num_features: int = NUM_FEATURES) -> "BlockScorer":
+    def from_model(cls, model, num_features: int = NUM_FEATURES, *, proposal_embedding: bool = False) -> "BlockScorer":
         """A scorer whose block and norm are copies of ``model``'s last block and
         final norm (a :class:`dmkernels.models.DiffusionLM`); the copy is then
-        trained on its own, the model is never changed."""
+        trained on its own, the model is never changed. ``proposal_embedding``:
+        also read the step tokens through a frozen copy of the model's input
+        embedding table (``model.embed_tokens``)."""
         from ..models.transformer import DiffusionLMBlock, RMSNorm
 
         op = "learned.BlockScorer.from_model"
@@ -337,9 +373,14 @@ class BlockScorer(nn.Module):
         if not isinstance(getattr(model, "norm", None), RMSNorm):
             check.fail(op, f"model has no final RMSNorm .norm ({type(model).__name__})", TypeError)
         last = layers[-1]
+        embed = getattr(model, "embed_tokens", None)
+        if proposal_embedding and (not isinstance(embed, nn.Embedding) or embed.embedding_dim != config.hidden_size):
+            check.fail(op, f"proposal_embedding=True: model has no input embedding table .embed_tokens of width "
+                           f"{config.hidden_size} ({type(model).__name__})", TypeError)
         scorer = cls(num_features=num_features, hidden_size=config.hidden_size, heads=config.num_attention_heads,
                      intermediate_size=config.intermediate_size, rms_norm_eps=config.rms_norm_eps,
-                     rope_theta=config.rope_theta)
+                     rope_theta=config.rope_theta, proposal_embedding=bool(proposal_embedding),
+                     vocab_size=embed.num_embeddings if proposal_embedding else None)
         mine = scorer.block.state_dict()
         theirs = last.state_dict()
         bad = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
@@ -349,14 +390,37 @@ class BlockScorer(nn.Module):
         with torch.no_grad():
             scorer.block.load_state_dict({k: v.detach().float() for k, v in theirs.items()})
             scorer.norm.weight.copy_(model.norm.weight.detach().float())
+            if proposal_embedding:
+                scorer.token_embed.weight.copy_(embed.weight.detach().float())
         scorer.norm.eps = model.norm.eps
         scorer.block.attn_norm.eps = last.attn_norm.eps
         scorer.block.mlp_norm.eps = last.mlp_norm.eps
         return scorer
 
-    def body(self, hidden: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    def _check_tokens(self, tokens, shape) -> None:
+        """Metadata only (no host sync): an integer tensor [B, W] on the hidden states' device."""
+        op = "learned.BlockScorer"
+        if not self.reads_tokens:
+            if tokens is not None:
+                check.fail(op, "tokens were given, but the scorer was built without proposal_embedding")
+            return
+        if tokens is None:
+            check.fail(op, "built with proposal_embedding=True: needs the step tokens [B, W] (run it through a "
+                           "LearnedPolicy, which passes them)")
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dtype.is_complex \
+                or tokens.dtype == torch.bool:
+            check.fail(op, f"tokens must be an integer tensor [B, W], got "
+                           f"{tokens.dtype if isinstance(tokens, torch.Tensor) else type(tokens).__name__}", TypeError)
+        if tuple(tokens.shape) != tuple(shape):
+            check.fail(op, f"tokens have shape {list(tokens.shape)}, expected {list(shape)} "
+                           "(the hidden states' [B, W])")
+        if tokens.device != self.token_embed.weight.device:
+            check.fail(op, f"tokens are on {tokens.device}, the scorer on {self.token_embed.weight.device}")
+
+    def body(self, hidden: torch.Tensor, features: torch.Tensor | None = None,
+             tokens: torch.Tensor | None = None) -> torch.Tensor:
         """The block and final norm on ``hidden`` [B, W, H] (plus the projected
-        features when given): [B, W, H], as the model computes them."""
+        features and step tokens when given): [B, W, H], as the model computes them."""
         from ..models.transformer import _rope_cos_sin
 
         B, W, H = hidden.shape
@@ -367,16 +431,20 @@ class BlockScorer(nn.Module):
         x = hidden.to(self.head.weight.dtype)
         if features is not None:
             x = x + self.feature_in(features.to(x.dtype))
+        if tokens is not None or self.reads_tokens:
+            self._check_tokens(tokens, (B, W))
+            x = x + self.token_in(self.token_embed(tokens).to(x.dtype))
         positions = torch.arange(W, device=x.device).expand(B, W)
         cos, sin = _rope_cos_sin(positions, self._head_dim, self.config["rope_theta"], x.dtype)
         y, _ = self.block(x, cos, sin, None, None, None)
         return self.norm(y)
 
-    def forward(self, features: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, hidden: torch.Tensor | None = None,
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
         if hidden is None:
             raise ValueError("BlockScorer: needs the hidden state entering the model's last block "
                              "(hidden_states[-2]); run it through a LearnedPolicy, which asks the sampler for it")
-        y = self.body(hidden, features)
+        y = self.body(hidden, features, tokens)
         return (self.head(y) + self.skip(features.to(y.dtype))).squeeze(-1)
 
 
@@ -389,6 +457,7 @@ _MAX_FF = 16384
 _MAX_HEADS = 256
 _MAX_POSITIONS = 65536
 _MAX_MODEL_HIDDEN = 65536  # hidden_size: the language model's hidden state
+_MAX_VOCAB = 1 << 20       # BlockScorer's vocab_size (its frozen embedding table)
 _MAX_PARAMETERS = 1 << 26
 
 
@@ -416,6 +485,14 @@ def _scorer_config(op: str, where: str, config, num_features: int = NUM_FEATURES
     for name, value in config.items():
         if name == "kind" or (name == "hidden_size" and value is None and kind != "block"):
             continue
+        if name == "proposal_embedding":
+            if not isinstance(value, bool):
+                check.fail(op, f"{where}: scorer.proposal_embedding must be true or false, got {value!r}")
+            continue
+        if name == "vocab_size":
+            if value is not None or config.get("proposal_embedding"):
+                _checkpoint.integer(op, where, "scorer.vocab_size", value, 1, _MAX_VOCAB)
+            continue
         if name in reals:
             _checkpoint.real(op, where, f"scorer.{name}", value, 0.0, reals[name])
         elif name == "num_features":  # step_features and the providers' columns are what the scorer reads
@@ -433,6 +510,8 @@ def _scorer_config(op: str, where: str, config, num_features: int = NUM_FEATURES
         if h % heads or (h // heads) % 2:
             check.fail(op, f"{where}: scorer.hidden_size ({h}) must be a multiple of scorer.heads ({heads}) with an "
                            "even head size (RoPE)")
+        if out.get("proposal_embedding") and out.get("vocab_size") is None:
+            check.fail(op, f"{where}: scorer.proposal_embedding is true but scorer.vocab_size is missing")
     return out
 
 
@@ -453,6 +532,8 @@ def _scorer_shapes(config: dict) -> dict[str, tuple[int, ...]]:
             "block.mlp.down_proj.weight": (h, m),
             "norm.weight": (h,), "head.weight": (1, h), "head.bias": (1,),
             "skip.weight": (1, width), "skip.bias": (1,),
+            **({"token_embed.weight": (c["vocab_size"], h), "token_in.weight": (h, h), "token_in.bias": (h,)}
+               if c["proposal_embedding"] else {}),
         }
     if c["hidden_size"]:
         shapes["hidden_proj.weight"] = (c["hidden_features"], c["hidden_size"])
@@ -488,16 +569,17 @@ class Trajectory:
     deterministic), whatever the policy's own ``explore``; the log-probabilities
     are taken at it (1 when None).
 
-    Per step: features [B, W, F], hidden states (or None), proposed tokens
-    [B, W], eligible [B, W], quota [B] (top-k mode) or None, chosen [B, W], and
-    the log-probability of the chosen set under the policy that chose it [B].
+    Per step: features [B, W, F], hidden states (or None), step tokens [B, W]
+    (the proposals at eligible positions, the canvas elsewhere), eligible
+    [B, W], quota [B] (top-k mode) or None, chosen [B, W], and the
+    log-probability of the chosen set under the policy that chose it [B].
     """
 
     explore: float | None = None
 
     features: list = field(default_factory=list)
     hidden: list = field(default_factory=list)  # [B, W, H] per step when the scorer reads hidden states
-    tokens: list = field(default_factory=list)  # [B, W] the proposed tokens (stats.token)
+    tokens: list = field(default_factory=list)  # [B, W] the step tokens (LearnedPolicy.step_tokens)
     eligible: list = field(default_factory=list)
     quota: list = field(default_factory=list)
     chosen: list = field(default_factory=list)
@@ -627,9 +709,21 @@ class LearnedPolicy(Policy):
         input of the last block): the scorer's ``hidden_layer``, default -1."""
         return getattr(self.scorer, "hidden_layer", -1)
 
-    def scores(self, features: torch.Tensor, eligible: torch.Tensor, hidden: torch.Tensor | None = None):
+    @property
+    def needs_tokens(self) -> bool:
+        """The scorer reads the step tokens (a :class:`BlockScorer` with ``proposal_embedding``)."""
+        return bool(getattr(self.scorer, "reads_tokens", False))
+
+    @staticmethod
+    def step_tokens(ctx: StepContext) -> torch.Tensor:
+        """[B, W] the token each position would hold after the step: the proposal
+        (``stats.token``) where eligible, the canvas elsewhere. On the device."""
+        return torch.where(ctx.eligible, ctx.stats.token.to(ctx.x.dtype), ctx.x)
+
+    def scores(self, features: torch.Tensor, eligible: torch.Tensor, hidden: torch.Tensor | None = None,
+               tokens: torch.Tensor | None = None):
         """float32 scores [B, W]; -inf where not eligible."""
-        s = (self.scorer(features, hidden) if hidden is not None else self.scorer(features)).float()
+        s = run_scorer(self.scorer, features, hidden, tokens).float()
         return torch.where(eligible, s, float("-inf"))
 
     @torch.no_grad()
@@ -638,7 +732,13 @@ class LearnedPolicy(Policy):
         hidden = ctx.hidden if self.needs_hidden else None
         if self.needs_hidden and hidden is None:
             raise ValueError("LearnedPolicy: the scorer reads hidden states but the step has none")
-        scores = self.scores(features, ctx.eligible, hidden)
+        tokens = self.step_tokens(ctx)
+        vocab = self.scorer.config["vocab_size"] if self.needs_tokens else None
+        if vocab is not None and ctx.logits.shape[-1] > vocab:  # shapes only: no host sync
+            check.fail("learned.LearnedPolicy", f"the model proposes from {ctx.logits.shape[-1]} tokens, but the "
+                       f"scorer's embedding table holds {vocab} (copy it from the same model with "
+                       "BlockScorer.from_model)")
+        scores = self.scores(features, ctx.eligible, hidden, tokens if self.needs_tokens else None)
         recorder = ctx.recorder
         explore = self.explore if recorder is None else recorder.explore
         if explore:
@@ -648,7 +748,7 @@ class LearnedPolicy(Policy):
         else:
             chosen = ops.select_threshold(torch.sigmoid(scores), ctx.eligible, 0.5, backend=ctx.backend)
         if recorder is not None:
-            recorder.record(features, None if hidden is None else hidden.detach().clone(), ctx.stats.token.clone(),
+            recorder.record(features, None if hidden is None else hidden.detach().clone(), tokens,
                             ctx.eligible.clone(), None if ctx.quota is None else ctx.quota.clone(), chosen,
                             set_log_prob(scores, chosen, ctx.eligible, self.selection, explore or 1.0))
         return chosen
@@ -717,6 +817,16 @@ class LearnedPolicy(Policy):
         kind = getattr(self.scorer, "config", {}).get("kind", type(self.scorer).__name__)
         extra = f", features={list(self.features)!r}" if self.features else ""
         return f"LearnedPolicy({kind}{extra}, selection={self.selection!r}, explore={self.explore!r})"
+
+
+def run_scorer(scorer: nn.Module, features: torch.Tensor, hidden: torch.Tensor | None = None,
+               tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """A scorer's raw scores [B, W], given what it reads: the hidden states when
+    not None, the step tokens when it ``reads_tokens`` (the trainers score
+    recorded steps through this)."""
+    if getattr(scorer, "reads_tokens", False):
+        return scorer(features, hidden, tokens)
+    return scorer(features) if hidden is None else scorer(features, hidden)
 
 
 # Log-probability of a chosen set ----------------------------------------------
