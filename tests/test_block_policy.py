@@ -82,7 +82,10 @@ def test_the_policy_asks_for_the_input_of_the_last_block():
 @pytest.mark.parametrize("cache", [None, "prefix", "dual"])
 def test_the_block_policy_runs_inside_generate_without_host_sync(cache):
     model = tiny()
-    policy = LearnedPolicy(BlockScorer.from_model(model))
+    _generate_and_infill_without_host_sync(model, LearnedPolicy(BlockScorer.from_model(model)), cache)
+
+
+def _generate_and_infill_without_host_sync(model, policy, cache):
     prompt = torch.randint(0, MASK - 1, (2, 4))
     with forbid_host_sync():
         out = dmkernels.generate(model, prompt, gen_length=8, block_length=4, steps=4, policy=policy, cache=cache,
@@ -99,18 +102,26 @@ def test_save_and_load_round_trip(tmp_path):
     with torch.no_grad():  # trained-looking weights everywhere, so that every tensor must survive the trip
         for p in scorer.parameters():
             p.add_(0.1 * torch.randn_like(p))
+    loaded = _save_load_and_compare(model, scorer, tmp_path)
+    assert loaded.hidden_layer == -2 and loaded.needs_hidden
+    assert loaded.scorer.config["rms_norm_eps"] == 1e-6 and loaded.scorer.config["rope_theta"] == 1e4
+
+
+def _save_load_and_compare(model, scorer, tmp_path):
+    """Save and load the policy of ``scorer``: the same configuration, every tensor
+    and the same generation; returns the loaded policy."""
     policy = LearnedPolicy(scorer)
-    path = str(tmp_path / "block.safetensors")
+    path = str(tmp_path / "policy.safetensors")
     policy.save(path)
     loaded = LearnedPolicy.load(path)
-    assert loaded.scorer.config == scorer.config and loaded.hidden_layer == -2 and loaded.needs_hidden
-    assert loaded.scorer.config["rms_norm_eps"] == 1e-6 and loaded.scorer.config["rope_theta"] == 1e4
+    assert loaded.scorer.config == scorer.config
     state, back = scorer.state_dict(), loaded.scorer.state_dict()
     assert state.keys() == back.keys() and all(torch.equal(state[k], back[k]) for k in state)
     prompt = torch.randint(0, MASK - 1, (2, 4))
     a = dmkernels.generate(model, prompt, gen_length=8, block_length=8, steps=4, policy=policy, seed=0)
     b = dmkernels.generate(model, prompt, gen_length=8, block_length=8, steps=4, policy=loaded, seed=0)
     assert torch.equal(a.sequences, b.sequences)
+    return loaded
 
 
 def _rewrite(path, tmp_path, **changes):
@@ -343,15 +354,7 @@ def test_the_proposal_embedding_policy_runs_without_host_sync(cache):
     with torch.no_grad():
         scorer.token_in.weight.normal_()  # a trained-looking projection: the tokens matter
         scorer.head.weight.normal_()
-    policy = LearnedPolicy(scorer)
-    prompt = torch.randint(0, MASK - 1, (2, 4))
-    with forbid_host_sync():
-        out = dmkernels.generate(model, prompt, gen_length=8, block_length=4, steps=4, policy=policy, cache=cache,
-                                 seed=0)
-        canvas = out.sequences.clone()
-        canvas[:, 5::2] = MASK
-        filled = dmkernels.infill(model, canvas, steps=3, policy=policy, mask_id=MASK, seed=0)
-    assert not (out.sequences == MASK).any() and not (filled.sequences == MASK).any()
+    _generate_and_infill_without_host_sync(model, LearnedPolicy(scorer), cache)
 
 
 def test_the_proposal_embedding_save_and_load_round_trip(tmp_path):
@@ -360,18 +363,9 @@ def test_the_proposal_embedding_save_and_load_round_trip(tmp_path):
     with torch.no_grad():
         for p in scorer.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    policy = LearnedPolicy(scorer)
-    path = str(tmp_path / "embed.safetensors")
-    policy.save(path)
-    loaded = LearnedPolicy.load(path)
-    assert loaded.scorer.config == scorer.config and loaded.needs_tokens
+    loaded = _save_load_and_compare(model, scorer, tmp_path)
+    assert loaded.needs_tokens
     assert not loaded.scorer.token_embed.weight.requires_grad  # still frozen after loading
-    state, back = scorer.state_dict(), loaded.scorer.state_dict()
-    assert state.keys() == back.keys() and all(torch.equal(state[k], back[k]) for k in state)
-    prompt = torch.randint(0, MASK - 1, (2, 4))
-    a = dmkernels.generate(model, prompt, gen_length=8, block_length=8, steps=4, policy=policy, seed=0)
-    b = dmkernels.generate(model, prompt, gen_length=8, block_length=8, steps=4, policy=loaded, seed=0)
-    assert torch.equal(a.sequences, b.sequences)
 
 
 def test_an_old_configuration_without_the_flag_loads_unchanged(tmp_path):
