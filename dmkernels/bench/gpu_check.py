@@ -735,8 +735,7 @@ def _sampling_summary(records: list[dict]) -> list[str]:
         if r["case"].startswith("sampling_T0/"):
             continue
         t0 = base.get((r["backend"], kind(r)))
-        mode = r["case"].split("/")[0].replace("sampling_cost", "untempered").replace("untempered_tempered",
-                                                                                      "tempered")
+        mode = "tempered" if r["case"].startswith("sampling_cost_tempered/") else "untempered"
         ratio = f"{r['median_us'] / t0:.2f}x" if t0 else "-"
         mark = "" if not record_failed(r) else " (wrong output)"
         lines.append(f"  {r['backend']:<8} {kind(r):<8} T={r['temperature']:<4g} {mode:<11} "

@@ -222,6 +222,14 @@ def _write_partial(row, active, bad, m, S, A, top1_col, top2, best_y, best_col, 
 
 
 @triton.jit
+def _may_win(tile_max_x, key_c, key_s, best_y):
+    """Whether a group of a tile whose largest logit is tile_max_x can still beat
+    best_y: K_g <= m_g + GROUP_KEY_BOUND * s (noise.h), max(x) * c == max(x * c),
+    with slack for the rounding of K at large |K|."""
+    return tile_max_x * key_c + GROUP_KEY_BOUND * key_s > best_y - tl.abs(best_y) * 9.5367431640625e-07
+
+
+@triton.jit
 def _group_sums(xg, mx, key_c, inv_s, UNIT: tl.constexpr):
     """Per noise group of the tile xg [G, 32] (raw logits, group maxima mx): m_g,
     whether the group is all -inf, and the sums of e = exp(d) and e * d over the
@@ -244,11 +252,11 @@ def _group_sums(xg, mx, key_c, inv_s, UNIT: tl.constexpr):
 
 
 @triton.jit
-def _group_key(xrow_ptr, grp, V, lead, key_c, key_s, inv_s, noise_group, noise_row,
-               seed_lo, seed_hi, offset_lo, offset_hi, UNIT: tl.constexpr):
+def _group_key(xrow_ptr, grp, Gg, V, lead, key_c, key_s, inv_s, UNIT: tl.constexpr):
     """The canonical key K_g = m_g + (log_f32(S_g) + G_g) s of one noise group
-    (virtual columns grp * 32 ..; noise.h): its 32 columns read again, exp_f32,
-    group_sum32 and log_f32 as the spec has them. -inf for an all -inf group."""
+    (virtual columns grp * 32 ..; its Gumbel Gg; noise.h): its 32 columns read
+    again, exp_f32, group_sum32 and log_f32 as the spec has them. -inf for an
+    all -inf group."""
     NEG_INF: tl.constexpr = float("-inf")
     cols = grp * 32 + tl.arange(0, 32)
     x = tl.load(xrow_ptr + cols, mask=(cols < V) & (cols >= lead), other=NEG_INF).to(tl.float32)
@@ -262,8 +270,6 @@ def _group_key(xrow_ptr, grp, V, lead, key_c, key_s, inv_s, noise_group, noise_r
     if not UNIT:
         d = d * inv_s
     Sg = tl.sum(group_sum32(tl.reshape(exp_f32(d), [1, 32]), 1), axis=0)  # one term: exact
-    Gg = tl.sum(group_gumbel(noise_group + tl.zeros([1], tl.int32), noise_row, seed_lo, seed_hi, offset_lo,
-                             offset_hi), axis=0)
     return tl.where(empty, NEG_INF, mg + (log_f32(tl.where(empty, 1.0, Sg)) + Gg) * key_s)
 
 
@@ -291,8 +297,8 @@ def _best_group(mg, empty, Sf, best_y, best_col, group0, xrow_ptr, V, lead, key_
     umax, ug = tl.max(U, axis=0, return_indices=True, return_indices_tie_break_left=True)
     while (umax >= best_y) & (umax > NEG_INF):
         grp = group0 + ug
-        K = _group_key(xrow_ptr, grp, V, lead, key_c, key_s, inv_s, group_base + grp, noise_row,
-                       seed_lo, seed_hi, offset_lo, offset_hi, UNIT)
+        G_ug = tl.max(tl.where(idx == ug, Gg, NEG_INF), axis=0)  # that group's Gumbel, as drawn above
+        K = _group_key(xrow_ptr, grp, G_ug, V, lead, key_c, key_s, inv_s, UNIT)
         better = (K > best_y) | ((K == best_y) & (grp < best_col))  # ties: the earlier group
         best_col = tl.where(better, grp, best_col)
         best_y = tl.where(better, K, best_y)
@@ -390,11 +396,7 @@ def _token_stats_kernel(
                 gmax, gidx = tl.max(mx, axis=0, return_indices=True, return_indices_tie_break_left=True)
                 others = tl.max(tl.where(tl.arange(0, G) == gidx, NEG_INF, mx), axis=0)
                 gcols = col0 + gidx * 32 + tl.arange(0, 32)
-                if PARTIAL:
-                    v = tl.load(xrow_ptr + gcols, mask=(gcols < end) & (gcols >= lead), other=NEG_INF)
-                else:
-                    v = tl.load(xrow_ptr + gcols, mask=gcols < end, other=NEG_INF)
-                v = v.to(tl.float32)
+                v = tl.load(xrow_ptr + gcols, mask=(gcols < end) & (gcols >= lead), other=NEG_INF).to(tl.float32)
                 _, vidx = tl.max(v, axis=0, return_indices=True, return_indices_tie_break_left=True)
                 tsecond = tl.maximum(others, tl.max(tl.where(tl.arange(0, 32) == vidx, NEG_INF, v), axis=0))
                 if TEMPERED:
@@ -430,7 +432,7 @@ def _token_stats_kernel(
             rg = tl.where(live, tl.exp(dd), 0.0)
             tile_S = tl.sum(rg * Sf, axis=0)
             tile_A = tl.sum(tl.where(live, rg * (Af + dd * Sf), 0.0), axis=0)
-            if tmax_x * key_c + GROUP_KEY_BOUND * key_s > best_y - tl.abs(best_y) * 9.5367431640625e-07:
+            if _may_win(tmax_x, key_c, key_s, best_y):
                 best_y, best_col = _best_group(mg, empty, Sf, best_y, best_col, col0 // 32, xrow_ptr, end, lead,
                                                key_c, key_s, inv_s, group_base, row + row_base,
                                                seed_lo, seed_hi, offset_lo, offset_hi, G, UNIT)
@@ -446,10 +448,8 @@ def _token_stats_kernel(
             sums = tl.sum(tl.join(ez, ez * dz), axis=0)  # one reduction for both sums
             tile_S, tile_A = tl.split(sums)
             if SAMPLE:
-                # Two distributions (z = x here): the group pass only where a group
-                # key could still win (K_g <= m_g + GROUP_KEY_BOUND * s, noise.h),
-                # with slack for the rounding of K at large |K|. max(x) * c == max(x * c).
-                if tmax * key_c + GROUP_KEY_BOUND * key_s > best_y - tl.abs(best_y) * 9.5367431640625e-07:
+                # Two distributions (z = x here): the group pass only where a group key could still win.
+                if _may_win(tmax, key_c, key_s, best_y):
                     xg = tl.reshape(x, [G, 32])
                     mg, empty, Sf, _Af = _group_sums(xg, tl.max(xg, axis=1), key_c, inv_s, UNIT)
                     best_y, best_col = _best_group(mg, empty, Sf, best_y, best_col, col0 // 32, xrow_ptr, end, lead,
