@@ -459,3 +459,75 @@ def test_the_proposal_embedding_policy_picks_the_same_tokens_on_every_backend(ba
     want = dmkernels.generate(model, prompt, backend="reference", **run).sequences
     got = dmkernels.generate(model, prompt, backend=backend.name, **run).sequences
     assert torch.equal(got.cpu(), want.cpu())
+
+
+# Several copied blocks (blocks=n): the scorer reads hidden_states[-1 - n] --------------------------------------
+
+@pytest.mark.parametrize("blocks, proposal_embedding", [(2, False), (3, True)])
+def test_a_scorer_of_several_blocks_reproduces_the_models_last_blocks_exactly(blocks, proposal_embedding):
+    model = tiny(num_hidden_layers=3, position_embedding="rope+learned")
+    x = torch.randint(0, V, (3, 13))
+    scorer = BlockScorer.from_model(model, blocks=blocks, proposal_embedding=proposal_embedding)
+    assert scorer.hidden_layer == -1 - blocks and len(scorer.lower_blocks) == blocks - 1
+    assert scorer.config["blocks"] == blocks
+    assert "blocks" not in BlockScorer.from_model(model).config  # one block: the configuration as before
+    features = torch.randn(3, 13, NUM_FEATURES)
+    tokens = torch.randint(0, V, (3, 13)) if proposal_embedding else None
+    with torch.no_grad():
+        out = model(x, output_hidden_states=True)
+        assert torch.equal(scorer.body(out.hidden_states[-1 - blocks], features, tokens), out.hidden_states[-1])
+        # The input of the last block alone is not what a two-block scorer reads.
+        assert not torch.equal(scorer.body(out.hidden_states[-2], features, tokens), out.hidden_states[-1])
+        # Each copied block is its own: changing a lower block's copy changes the scores' body.
+        scorer.lower_blocks[0].attn.q_proj.weight.add_(1.0)
+        assert not torch.equal(scorer.body(out.hidden_states[-1 - blocks], features, tokens), out.hidden_states[-1])
+        assert not torch.equal(model.layers[3 - blocks].attn.q_proj.weight, scorer.lower_blocks[0].attn.q_proj.weight)
+
+
+def test_a_policy_of_several_blocks_asks_for_their_input_and_round_trips(tmp_path):
+    model = tiny(num_hidden_layers=3)
+    scorer = BlockScorer.from_model(model, blocks=2, proposal_embedding=True)
+    seen = []
+
+    class Spy(LearnedPolicy):
+        def select(self, ctx):
+            seen.append((ctx.x.clone(), ctx.hidden))
+            return super().select(ctx)
+
+    policy = Spy(scorer)
+    assert policy.hidden_layer == -3
+    canvas = torch.randint(0, MASK, (2, 12))
+    canvas[:, 3::2] = MASK
+    dmkernels.infill(model, canvas, steps=3, policy=policy, mask_id=MASK, seed=0)
+    with torch.no_grad():
+        for x, hidden in seen:
+            assert torch.equal(hidden, model(x, output_hidden_states=True).hidden_states[-3])
+    with torch.no_grad():
+        for p in scorer.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    loaded = _save_load_and_compare(model, scorer, tmp_path)
+    assert loaded.hidden_layer == -3 and loaded.scorer.config["blocks"] == 2
+    _generate_and_infill_without_host_sync(model, loaded, "prefix")
+
+
+@pytest.mark.parametrize("blocks", [0, 4, 2.0, True])
+def test_a_bad_number_of_blocks_is_a_clear_error(blocks):
+    model = tiny(num_hidden_layers=3)
+    with pytest.raises((ValueError, TypeError), match=r"learned.BlockScorer.from_model: blocks must be an int in "
+                                                      r"\[1, 3\] \(the model has 3 blocks\)"):
+        BlockScorer.from_model(model, blocks=blocks)
+    with pytest.raises((ValueError, TypeError), match=r"learned.BlockScorer: blocks must be an int in \[1, 256\]"):
+        BlockScorer(blocks=0)
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(blocks=0), r"scorer.blocks must be in \[1, 256\], got 0"),
+    (dict(blocks=3), r"tensor lower_blocks.1.attn_norm.weight is missing|lower_blocks.1"),
+    (dict(blocks=1), r"unexpected tensor|lower_blocks.0"),
+])
+def test_a_bad_saved_number_of_blocks_is_a_clear_error(tmp_path, changes, words):
+    path = str(tmp_path / "block2.safetensors")
+    LearnedPolicy(BlockScorer.from_model(tiny(num_hidden_layers=3), blocks=2)).save(path)
+    with pytest.raises(ValueError, match=r"learned.LearnedPolicy.load: .*" + words):
+        LearnedPolicy.load(_rewrite(path, tmp_path, **changes))

@@ -49,8 +49,7 @@ import dmkernels
 from dmkernels import policies as P
 from dmkernels.bench.quality import NoMaskProposals, evaluate
 from dmkernels.learned import (FEATURES, NUM_FEATURES, BlockScorer, LearnedPolicy, MLPScorer, TransformerScorer,
-                               feature_provider)
-from dmkernels.policies.learned import run_scorer
+                               feature_provider, run_scorer)
 from dmkernels.tasks import sudoku
 from dmkernels.train import grpo, rloo, rollout, supervised
 
@@ -103,6 +102,8 @@ def main(argv=None):
                     help="--scorer block: the block's input also carries the embedding of each position's step "
                          "token (the proposal where masked, the canvas elsewhere), through a frozen copy of the "
                          "denoiser's embedding table and a zero-initialised projection")
+    ap.add_argument("--blocks", type=int, default=1,
+                    help="--scorer block: copy the denoiser's last N blocks (reading the hidden state entering them)")
     ap.add_argument("--trainer", choices=("grpo", "rloo", "none"), default="grpo")
     ap.add_argument("--steps", type=int, default=20, help="model calls per puzzle during training")
     ap.add_argument("--iterations", type=int, default=150)
@@ -160,7 +161,8 @@ def main(argv=None):
     else:
         width = NUM_FEATURES + sum(feature_provider(n).width for n in args.features)
         if args.scorer == "block":  # reads hidden_states[-2] itself: --hidden does not apply
-            scorer = BlockScorer.from_model(denoiser, num_features=width, proposal_embedding=args.proposal_embedding)
+            scorer = BlockScorer.from_model(denoiser, num_features=width, proposal_embedding=args.proposal_embedding,
+                                            blocks=args.blocks)
         elif args.scorer == "transformer":
             scorer = TransformerScorer(num_features=width, d_model=args.d_model, ff=4 * args.d_model,
                                        max_positions=sudoku.NUM_CELLS, **hidden)

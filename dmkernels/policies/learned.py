@@ -269,7 +269,7 @@ class TransformerScorer(_HiddenInput):
 
 
 class BlockScorer(nn.Module):
-    """A copy of the denoiser's last transformer block, scoring each position.
+    """A copy of the denoiser's last transformer block (or last few), scoring each position.
 
     The generic policy of published work on learned unmasking: no task
     features, the denoiser's own representation. Input: the hidden state that
@@ -280,7 +280,7 @@ class BlockScorer(nn.Module):
 
         x = hidden + feature_in(features)          # feature_in starts at zero
           (+ token_in(token_embed(tokens)))        # proposal_embedding=True; token_in starts at zero
-        y = norm(block(x))                         # the model's last block and final norm, copied
+        y = norm(block(lower_blocks(x)))           # the model's last block(s) and final norm, copied
         score = head(y) + skip(features)           # head starts at zero
 
     so a scorer made by :meth:`from_model` reproduces the model's last block
@@ -301,17 +301,20 @@ class BlockScorer(nn.Module):
     ``token_in`` learns), so attention can compare a cell's proposal with the
     proposals and committed tokens of the others. Nothing in it is task-specific.
 
+    ``blocks`` (``from_model(model, blocks=n)``): copy the model's last ``n``
+    blocks instead of one and read the hidden state entering the first of them
+    (``hidden_states[-1 - n]``): ``lower_blocks`` holds the earlier ones,
+    ``block`` stays the last. More of the model's depth to retrain, at the cost
+    of running n blocks per step.
+
     Built for :class:`dmkernels.models.DiffusionLM`'s block (pre-RMSNorm
     attention with RoPE, SwiGLU MLP); ``from_model`` refuses other models with
     an error naming the argument.
     """
 
-    #: which entry of the model's ``hidden_states`` the scorer reads: the input of the last block
-    hidden_layer = -2
-
     def __init__(self, num_features: int = NUM_FEATURES, hidden_size: int = 64, heads: int = 4,
                  intermediate_size: int = 128, rms_norm_eps: float = 1e-5, rope_theta: float = 500000.0,
-                 proposal_embedding: bool = False, vocab_size: int | None = None):
+                 proposal_embedding: bool = False, vocab_size: int | None = None, blocks: int = 1):
         super().__init__()
         from ..models.config import DiffusionLMConfig
         from ..models.transformer import DiffusionLMBlock, RMSNorm
@@ -322,16 +325,22 @@ class BlockScorer(nn.Module):
         if proposal_embedding and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
             check.fail(op, f"proposal_embedding=True needs vocab_size, the model's vocabulary (an int >= 1), got "
                            f"{vocab_size!r}")
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= _MAX_BLOCKS:
+            check.fail(op, f"blocks must be an int in [1, {_MAX_BLOCKS}] (how many of the model's last blocks to "
+                           f"copy), got {blocks!r}")
         self.config = dict(kind="block", num_features=num_features, hidden_size=hidden_size, heads=heads,
                            intermediate_size=intermediate_size, rms_norm_eps=float(rms_norm_eps),
                            rope_theta=float(rope_theta))
         if proposal_embedding:  # only then: older configurations stay as they were written
             self.config.update(proposal_embedding=True, vocab_size=vocab_size)
+        if blocks != 1:  # likewise
+            self.config.update(blocks=blocks)
         block_config = DiffusionLMConfig(vocab_size=2, hidden_size=hidden_size, num_hidden_layers=1,
                                          num_attention_heads=heads, intermediate_size=intermediate_size,
                                          rms_norm_eps=rms_norm_eps, rope_theta=rope_theta)
         self._head_dim = block_config.head_dim
         self.feature_in = nn.Linear(num_features, hidden_size)
+        self.lower_blocks = nn.ModuleList(DiffusionLMBlock(block_config) for _ in range(blocks - 1))
         self.block = DiffusionLMBlock(block_config)
         self.norm = RMSNorm(hidden_size, rms_norm_eps)
         self.head = nn.Linear(hidden_size, 1)
@@ -346,9 +355,15 @@ class BlockScorer(nn.Module):
         for layer in zero:  # the copied block decides at the start
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-        for m in self.block.modules():  # random init for a scorer not made from a model
+        for m in list(self.block.modules()) + list(self.lower_blocks.modules()):  # random init (no model to copy)
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=1.0 / math.sqrt(m.in_features))
+
+    @property
+    def hidden_layer(self) -> int:
+        """Which entry of the model's ``hidden_states`` the scorer reads: the input of
+        the first copied block (-2 for the last block alone)."""
+        return -1 - self.config.get("blocks", 1)
 
     @property
     def reads_tokens(self) -> bool:
@@ -356,10 +371,11 @@ class BlockScorer(nn.Module):
         return bool(self.config.get("proposal_embedding"))
 
     @classmethod
-    def from_model(cls, model, num_features: int = NUM_FEATURES, *, proposal_embedding: bool = False) -> "BlockScorer":
-        """A scorer whose block and norm are copies of ``model``'s last block and
-        final norm (a :class:`dmkernels.models.DiffusionLM`); the copy is then
-        trained on its own, the model is never changed. ``proposal_embedding``:
+    def from_model(cls, model, num_features: int = NUM_FEATURES, *, proposal_embedding: bool = False,
+                   blocks: int = 1) -> "BlockScorer":
+        """A scorer whose blocks and norm are copies of ``model``'s last ``blocks``
+        blocks and final norm (a :class:`dmkernels.models.DiffusionLM`); the copy is
+        then trained on its own, the model is never changed. ``proposal_embedding``:
         also read the step tokens through a frozen copy of the model's input
         embedding table (``model.embed_tokens``)."""
         from ..models.transformer import DiffusionLMBlock, RMSNorm
@@ -372,6 +388,9 @@ class BlockScorer(nn.Module):
                            f"{type(model).__name__}", TypeError)
         if not isinstance(getattr(model, "norm", None), RMSNorm):
             check.fail(op, f"model has no final RMSNorm .norm ({type(model).__name__})", TypeError)
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= len(layers):
+            check.fail(op, f"blocks must be an int in [1, {len(layers)}] (the model has {len(layers)} blocks), got "
+                           f"{blocks!r}")
         last = layers[-1]
         embed = getattr(model, "embed_tokens", None)
         if proposal_embedding and (not isinstance(embed, nn.Embedding) or embed.embedding_dim != config.hidden_size):
@@ -380,21 +399,26 @@ class BlockScorer(nn.Module):
         scorer = cls(num_features=num_features, hidden_size=config.hidden_size, heads=config.num_attention_heads,
                      intermediate_size=config.intermediate_size, rms_norm_eps=config.rms_norm_eps,
                      rope_theta=config.rope_theta, proposal_embedding=bool(proposal_embedding),
-                     vocab_size=embed.num_embeddings if proposal_embedding else None)
-        mine = scorer.block.state_dict()
-        theirs = last.state_dict()
-        bad = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
-        if bad or set(theirs) != set(mine):
-            check.fail(op, f"the model's last block does not match a DiffusionLMBlock of its config (parameters "
-                           f"{bad or sorted(set(theirs) ^ set(mine))})")
+                     vocab_size=embed.num_embeddings if proposal_embedding else None, blocks=blocks)
+        first = len(layers) - blocks
+        for i, (copy, source) in enumerate(zip(list(scorer.lower_blocks) + [scorer.block], layers[first:]), first):
+            which = "last block" if i == len(layers) - 1 else f"block layers[{i}]"
+            if not isinstance(source, DiffusionLMBlock):
+                check.fail(op, f"the model's {which} is a {type(source).__name__}, not a DiffusionLMBlock", TypeError)
+            mine, theirs = copy.state_dict(), source.state_dict()
+            bad = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+            if bad or set(theirs) != set(mine):
+                check.fail(op, f"the model's {which} does not match a DiffusionLMBlock of its config (parameters "
+                               f"{bad or sorted(set(theirs) ^ set(mine))})")
+            with torch.no_grad():
+                copy.load_state_dict({k: v.detach().float() for k, v in theirs.items()})
+            copy.attn_norm.eps = source.attn_norm.eps
+            copy.mlp_norm.eps = source.mlp_norm.eps
         with torch.no_grad():
-            scorer.block.load_state_dict({k: v.detach().float() for k, v in theirs.items()})
             scorer.norm.weight.copy_(model.norm.weight.detach().float())
             if proposal_embedding:
                 scorer.token_embed.weight.copy_(embed.weight.detach().float())
         scorer.norm.eps = model.norm.eps
-        scorer.block.attn_norm.eps = last.attn_norm.eps
-        scorer.block.mlp_norm.eps = last.mlp_norm.eps
         return scorer
 
     def _check_tokens(self, tokens, shape) -> None:
@@ -436,14 +460,18 @@ class BlockScorer(nn.Module):
             x = x + self.token_in(self.token_embed(tokens).to(x.dtype))
         positions = torch.arange(W, device=x.device).expand(B, W)
         cos, sin = _rope_cos_sin(positions, self._head_dim, self.config["rope_theta"], x.dtype)
+        for block in self.lower_blocks:
+            x, _ = block(x, cos, sin, None, None, None)
         y, _ = self.block(x, cos, sin, None, None, None)
         return self.norm(y)
 
     def forward(self, features: torch.Tensor, hidden: torch.Tensor | None = None,
                 tokens: torch.Tensor | None = None) -> torch.Tensor:
         if hidden is None:
-            raise ValueError("BlockScorer: needs the hidden state entering the model's last block "
-                             "(hidden_states[-2]); run it through a LearnedPolicy, which asks the sampler for it")
+            which = "last block" if self.hidden_layer == -2 else f"last {-1 - self.hidden_layer} blocks"
+            raise ValueError(f"BlockScorer: needs the hidden state entering the model's {which} "
+                             f"(hidden_states[{self.hidden_layer}]); run it through a LearnedPolicy, which asks the "
+                             "sampler for it")
         y = self.body(hidden, features, tokens)
         return (self.head(y) + self.skip(features.to(y.dtype))).squeeze(-1)
 
@@ -458,6 +486,7 @@ _MAX_HEADS = 256
 _MAX_POSITIONS = 65536
 _MAX_MODEL_HIDDEN = 65536  # hidden_size: the language model's hidden state
 _MAX_VOCAB = 1 << 20       # BlockScorer's vocab_size (its frozen embedding table)
+_MAX_BLOCKS = 256          # BlockScorer's blocks (copied transformer blocks)
 _MAX_PARAMETERS = 1 << 26
 
 
@@ -480,7 +509,7 @@ def _scorer_config(op: str, where: str, config, num_features: int = NUM_FEATURES
         check.fail(op, f"{where}: scorer.num_features is missing; the features add up to {num_features}")
     limits = dict(hidden=_MAX_WIDTH, d_model=_MAX_WIDTH, hidden_features=_MAX_WIDTH, ff=_MAX_FF,
                   heads=_MAX_HEADS, max_positions=_MAX_POSITIONS, hidden_size=_MAX_MODEL_HIDDEN,
-                  intermediate_size=_MAX_FF)
+                  intermediate_size=_MAX_FF, blocks=_MAX_BLOCKS)
     reals = dict(rms_norm_eps=1.0, rope_theta=1e12)  # BlockScorer's floats: (0, cap]
     for name, value in config.items():
         if name == "kind" or (name == "hidden_size" and value is None and kind != "block"):
@@ -524,12 +553,13 @@ def _scorer_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     width = c["num_features"]
     if kind == "block":
         h, m = c["hidden_size"], c["intermediate_size"]
+        block = {"attn_norm.weight": (h,), "mlp_norm.weight": (h,),
+                 **{f"attn.{p}_proj.weight": (h, h) for p in "qkvo"},
+                 "mlp.gate_proj.weight": (m, h), "mlp.up_proj.weight": (m, h), "mlp.down_proj.weight": (h, m)}
         return {
             "feature_in.weight": (h, width), "feature_in.bias": (h,),
-            "block.attn_norm.weight": (h,), "block.mlp_norm.weight": (h,),
-            **{f"block.attn.{p}_proj.weight": (h, h) for p in "qkvo"},
-            "block.mlp.gate_proj.weight": (m, h), "block.mlp.up_proj.weight": (m, h),
-            "block.mlp.down_proj.weight": (h, m),
+            **{f"block.{k}": v for k, v in block.items()},
+            **{f"lower_blocks.{i}.{k}": v for i in range(c["blocks"] - 1) for k, v in block.items()},
             "norm.weight": (h,), "head.weight": (1, h), "head.bias": (1,),
             "skip.weight": (1, width), "skip.bias": (1,),
             **({"token_embed.weight": (c["vocab_size"], h), "token_in.weight": (h, h), "token_in.bias": (h,)}
