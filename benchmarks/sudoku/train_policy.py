@@ -27,7 +27,9 @@ heuristic, a few dozen updates); ``correct`` runs
 :func:`dmkernels.train.supervised` (``--sup-rounds`` rounds of on-policy
 rollouts, learning "the proposed digit is the solution's" on the states where
 every commit so far was right); ``random`` skips it. ``--trainer none`` stops
-after the warm start.
+after the warm start. With ``--resume``, ``--init correct`` runs more supervised
+rounds from the resumed policy (its own rollouts, as DAgger); other ``--init``
+values are skipped.
 
 Model selection uses a development set with its own seed
 (:func:`dmkernels.tasks.sudoku.dev_puzzles`, ``DEV_SEED``), never the held-out
@@ -157,7 +159,9 @@ def main(argv=None):
     if args.resume:
         policy = LearnedPolicy.load(args.resume)
         policy.scorer.train()
-        args.init = "resumed"
+        # --init correct with --resume: more supervised rounds (rollouts of the resumed
+        # policy, as DAgger), continuing from its weights; any other --init is skipped.
+        args.init = "correct" if args.init == "correct" else "resumed"
     else:
         width = NUM_FEATURES + sum(feature_provider(n).width for n in args.features)
         if args.scorer == "block":  # reads hidden_states[-2] itself: --hidden does not apply
