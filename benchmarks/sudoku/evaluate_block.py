@@ -1,12 +1,13 @@
 """The quality benchmark restricted to the generic block policy and its rivals:
 
-    python benchmarks/sudoku/evaluate_block.py [--policy Learned[block_grpo] Learned[block_embed_supervised]] \
+    python benchmarks/sudoku/evaluate_block.py [--policy Learned[block_grpo] Learned[block_embed_supervised] ...] \
         [--out benchmarks/results/sudoku_quality_block.json]
 
 Runs, in one run on the long denoiser, LowConfidence, Margin, Entropy, the hand
 rule SinglesFirst, the task-feature policy ``Learned[mlp_constraints_grpo]``
 and the block policies (:class:`dmkernels.learned.BlockScorer`; ``block_embed_supervised``
-also reads the proposed tokens' embeddings) on the 200
+also reads the proposed tokens' embeddings, ``block2_embed_supervised`` copies the last
+two blocks as well) on the 200
 held-out puzzles and the 500 development puzzles at 10, 20 and 57 calls
 (``dmkernels.bench.quality.run`` with ``only=``), with the paired-bootstrap
 gains over the best heuristic, the hand rule and the task-feature policy; then
@@ -24,7 +25,8 @@ from dmkernels.bench import quality
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--policy", nargs="*", default=["Learned[block_grpo]", "Learned[block_embed_supervised]"], help="the block policies' entry names")
+    ap.add_argument("--policy", nargs="*", default=["Learned[block_grpo]", "Learned[block_embed_supervised]",
+                                                   "Learned[block2_embed_supervised]"], help="the block policies' entry names")
     ap.add_argument("--puzzles", type=int, default=200)
     ap.add_argument("--dev-puzzles", type=int, default=quality.DEV_PUZZLES)
     ap.add_argument("--no-cost", action="store_true")
