@@ -25,4 +25,5 @@ from .policies.learned import (  # noqa: F401
 )
 
 __all__ = ["FEATURES", "BlockScorer", "FeatureProvider", "LearnedPolicy", "MLPScorer", "TransformerScorer",
-           "Trajectory", "feature_provider", "feature_providers", "register_feature", "run_scorer", "set_log_prob", "step_features"]
+           "Trajectory", "feature_provider", "feature_providers", "register_feature", "run_scorer", "set_log_prob",
+           "step_features"]

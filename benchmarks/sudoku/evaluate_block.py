@@ -26,7 +26,8 @@ from dmkernels.bench import quality
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", nargs="*", default=["Learned[block_grpo]", "Learned[block_embed_supervised]",
-                                                   "Learned[block2_embed_supervised]"], help="the block policies' entry names")
+                                                   "Learned[block2_embed_supervised]"],
+                    help="the block policies' entry names")
     ap.add_argument("--puzzles", type=int, default=200)
     ap.add_argument("--dev-puzzles", type=int, default=quality.DEV_PUZZLES)
     ap.add_argument("--no-cost", action="store_true")

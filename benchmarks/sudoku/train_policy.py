@@ -164,7 +164,7 @@ def main(argv=None):
         args.init = "correct" if args.init == "correct" else "resumed"
     else:
         width = NUM_FEATURES + sum(feature_provider(n).width for n in args.features)
-        if args.scorer == "block":  # reads hidden_states[-2] itself: --hidden does not apply
+        if args.scorer == "block":  # reads hidden_states[-1 - blocks] itself: --hidden does not apply
             scorer = BlockScorer.from_model(denoiser, num_features=width, proposal_embedding=args.proposal_embedding,
                                             blocks=args.blocks)
         elif args.scorer == "transformer":

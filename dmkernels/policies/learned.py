@@ -391,7 +391,6 @@ class BlockScorer(nn.Module):
         if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= len(layers):
             check.fail(op, f"blocks must be an int in [1, {len(layers)}] (the model has {len(layers)} blocks), got "
                            f"{blocks!r}")
-        last = layers[-1]
         embed = getattr(model, "embed_tokens", None)
         if proposal_embedding and (not isinstance(embed, nn.Embedding) or embed.embedding_dim != config.hidden_size):
             check.fail(op, f"proposal_embedding=True: model has no input embedding table .embed_tokens of width "
@@ -401,19 +400,19 @@ class BlockScorer(nn.Module):
                      rope_theta=config.rope_theta, proposal_embedding=bool(proposal_embedding),
                      vocab_size=embed.num_embeddings if proposal_embedding else None, blocks=blocks)
         first = len(layers) - blocks
-        for i, (copy, source) in enumerate(zip(list(scorer.lower_blocks) + [scorer.block], layers[first:]), first):
+        for i, (replica, source) in enumerate(zip(list(scorer.lower_blocks) + [scorer.block], layers[first:]), first):
             which = "last block" if i == len(layers) - 1 else f"block layers[{i}]"
             if not isinstance(source, DiffusionLMBlock):
                 check.fail(op, f"the model's {which} is a {type(source).__name__}, not a DiffusionLMBlock", TypeError)
-            mine, theirs = copy.state_dict(), source.state_dict()
+            mine, theirs = replica.state_dict(), source.state_dict()
             bad = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
             if bad or set(theirs) != set(mine):
                 check.fail(op, f"the model's {which} does not match a DiffusionLMBlock of its config (parameters "
                                f"{bad or sorted(set(theirs) ^ set(mine))})")
             with torch.no_grad():
-                copy.load_state_dict({k: v.detach().float() for k, v in theirs.items()})
-            copy.attn_norm.eps = source.attn_norm.eps
-            copy.mlp_norm.eps = source.mlp_norm.eps
+                replica.load_state_dict({k: v.detach().float() for k, v in theirs.items()})
+            replica.attn_norm.eps = source.attn_norm.eps
+            replica.mlp_norm.eps = source.mlp_norm.eps
         with torch.no_grad():
             scorer.norm.weight.copy_(model.norm.weight.detach().float())
             if proposal_embedding:
