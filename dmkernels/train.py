@@ -210,14 +210,19 @@ def _clean_states(policy, model, prompts, targets, *, explore, seed, batch, infi
     return tuple(cat(i) for i in range(5 if with_tokens else 4))
 
 
-def _correctness_loss(scores, right, eligible):
+def _correctness_loss(scores, right, eligible, preferred=None):
     """Binary cross-entropy of "the proposal is right" over eligible positions plus a
     listwise term: -log of the softmax mass the row puts on its right proposals
-    (top-k selection only needs the right ones ranked first)."""
+    (top-k selection only needs the right ones ranked first). With ``preferred``
+    (bool, like ``right``), a row holding a preferred right proposal puts that mass
+    on those alone: among right proposals, rank the preferred ones first."""
     e = eligible.to(scores.dtype)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(scores, right.to(scores.dtype), reduction="none")
     bce = (bce * e).sum() / e.sum().clamp_min(1)
     good = eligible & right
+    if preferred is not None:
+        first = good & preferred
+        good = torch.where(first.any(-1, keepdim=True), first, good)
     has = good.any(-1)
     floor = torch.finfo(scores.dtype).min / 4
     listwise = (torch.logsumexp(torch.where(eligible, scores, floor), -1)
@@ -226,9 +231,24 @@ def _correctness_loss(scores, right, eligible):
     return bce + listwise
 
 
+def _preferred(fn, tokens, eligible):
+    """``fn(tokens, eligible)``, checked: bool, the states' shape and device; None without ``fn``."""
+    if fn is None:
+        return None
+    out = fn(tokens, eligible)
+    if (not isinstance(out, torch.Tensor) or out.dtype != torch.bool or out.shape != eligible.shape
+            or out.device != eligible.device):
+        got = (f"{type(out).__name__}" if not isinstance(out, torch.Tensor)
+               else f"{out.dtype} {list(out.shape)} on {out.device}")
+        raise ValueError(f"dmkernels.train.supervised: preferred must return a bool tensor shaped like its "
+                         f"arguments ({list(eligible.shape)} on {eligible.device}), got {got}")
+    return out & eligible
+
+
 def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: torch.Tensor, *, rounds: int = 2,
                epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, explore: float = 0.5, seed: int = 0,
                rollout_batch: int = 256, infill: bool = False, log: Callable[[dict], None] | None = None,
+               preferred: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                **generate_kwargs) -> list[dict]:
     """Train ``policy`` in place to rank right proposals first; returns one record per epoch.
 
@@ -238,6 +258,13 @@ def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: tor
     exploring at ``explore`` (the first round from the scorer as it is),
     adds the steps whose commits were all right so far to the data set, and
     fits the scorer for ``epochs`` passes (AdamW, one-cycle learning rate).
+
+    ``preferred``: optional ``preferred(step_tokens, eligible) -> bool``, all
+    ``[n, W]`` (the step tokens: the proposal at eligible positions, the canvas
+    elsewhere), marking proposals to commit before the other right ones, e.g.
+    those a task's rules force (:func:`dmkernels.tasks.sudoku.forced`). Where a
+    state holds a preferred right proposal, the listwise term ranks those first;
+    elsewhere nothing changes. A training signal only: the policy never reads it.
     """
     if not isinstance(policy, LearnedPolicy):
         raise TypeError(f"dmkernels.train.supervised: policy must be a LearnedPolicy, got {type(policy).__name__}")
@@ -246,6 +273,9 @@ def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: tor
                          f"({prompts.shape[0]})")
     if policy.selection != "topk":
         raise ValueError("dmkernels.train.supervised: trains top-k policies (selection='topk')")
+    if preferred is not None and not callable(preferred):
+        raise TypeError("dmkernels.train.supervised: preferred must be a callable (step_tokens, eligible) -> bool "
+                        f"[n, W], got {type(preferred).__name__}")
     g = torch.Generator().manual_seed(seed)
     data, history = None, []
     for r in range(rounds):
@@ -254,8 +284,9 @@ def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: tor
         new = _clean_states(policy, model, prompts, targets, explore=explore, seed=seed * 1_000_003 + r * 65_537,
                             batch=rollout_batch, infill=infill, generate_kwargs=generate_kwargs, with_tokens=True)
         policy.scorer.train(was_training)
+        new = new + (_preferred(preferred, new[4], new[3]),)
         data = new if data is None else tuple(None if a is None else torch.cat([a, b]) for a, b in zip(data, new))
-        features, hidden, right, eligible, tokens = data
+        features, hidden, right, eligible, tokens, first = data
         n = features.shape[0]
         if n == 0:
             raise RuntimeError("dmkernels.train.supervised: the rollouts left no step to learn from "
@@ -274,7 +305,7 @@ def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: tor
             for lo in range(0, n, batch_size):
                 i = order[lo:lo + batch_size]
                 raw = run_scorer(policy.scorer, features[i], None if hidden is None else hidden[i].float(), tokens[i])
-                loss = _correctness_loss(raw.float(), right[i], eligible[i])
+                loss = _correctness_loss(raw.float(), right[i], eligible[i], None if first is None else first[i])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

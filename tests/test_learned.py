@@ -18,7 +18,7 @@ from dmkernels.learned import (
 )
 from dmkernels.policies import StepContext
 from dmkernels.testing import forbid_host_sync
-from dmkernels.train import _clean_states, grpo, rloo, rollout, supervised
+from dmkernels.train import _clean_states, _correctness_loss, grpo, rloo, rollout, supervised
 from test_sampler import snapshot
 
 # A toy denoiser where order matters. Tokens 0..9, [MASK] = 10. The answer at
@@ -337,6 +337,41 @@ def test_supervised_learns_the_toy_task():
     assert history[-1]["loss"] < 0.5 * history[0]["loss"], (history[0], history[-1])
     after = greedy_reward(policy)
     assert after >= 0.9, (before, after)
+
+
+def test_preferred_right_proposals_take_the_listwise_mass():
+    right = torch.tensor([[True, True, False], [True, False, False]])
+    eligible = torch.ones(2, 3, dtype=torch.bool)
+    preferred = torch.tensor([[False, True, True], [False, True, False]])
+    scores = torch.tensor([[4.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    plain = _correctness_loss(scores, right, eligible)
+    assert torch.equal(_correctness_loss(scores, right, eligible, torch.zeros_like(right)), plain)
+    # Row 0 holds a preferred right proposal (position 1): the listwise term wants it
+    # first, and the score that ranks position 0 first now costs more. Row 1's only
+    # preferred proposal is wrong: the row keeps its plain target.
+    assert _correctness_loss(scores, right, eligible, preferred) > plain + 1.5  # (4.04 - 0.02) / 2 rows
+    swapped = torch.tensor([[0.0, 4.0, 0.0], [1.0, 0.0, 0.0]])
+    assert _correctness_loss(swapped, right, eligible, preferred) < _correctness_loss(scores, right, eligible,
+                                                                                      preferred) - 1.5
+
+
+def test_supervised_with_preferred_checks_what_it_returns():
+    policy = LearnedPolicy(confidence_like_mlp())
+    seen = []
+
+    def first_position(tokens, eligible):
+        seen.append(tokens.shape)
+        return torch.zeros_like(eligible).index_fill_(1, torch.tensor([3]), True)
+
+    history = supervised(policy, OrderToy(), toy_canvas(4), toy_answers(4), rounds=1, epochs=2, batch_size=8,
+                         lr=1e-2, explore=1.0, infill=True, steps=W, mask_id=MASK, preferred=first_position)
+    assert len(history) == 2 and seen and all(s[1] == W for s in seen)
+    with pytest.raises(ValueError, match="supervised: preferred must return a bool tensor"):
+        supervised(policy, OrderToy(), toy_canvas(2), toy_answers(2), rounds=1, epochs=1, infill=True, steps=W,
+                   mask_id=MASK, preferred=lambda t, e: e.float())
+    with pytest.raises(TypeError, match="supervised: preferred must be a callable"):
+        supervised(policy, OrderToy(), toy_canvas(2), toy_answers(2), rounds=1, epochs=1, infill=True, steps=W,
+                   mask_id=MASK, preferred=True)
 
 
 def test_supervised_errors_name_the_argument():

@@ -88,6 +88,20 @@ def test_singles_are_forced():
     assert torch.equal(right["proposal_legal"], canvas == M)
 
 
+def test_forced_reads_the_canvas_from_the_step_tokens():
+    """forced(step tokens, eligible): the singles of the canvas the step tokens
+    hold outside ``eligible``, at eligible cells only."""
+    canvas, proposals, _ = random_states(6, seed=2)
+    eligible = canvas == M
+    tokens = torch.where(eligible, proposals, canvas)
+    c = sudoku.constraints(canvas, proposals)
+    want = (c["naked_single"] | c["hidden_single"]) & eligible
+    got = sudoku.forced(tokens, eligible)
+    assert got.dtype == torch.bool and torch.equal(got, want) and want.any() and not want.all()
+    with pytest.raises(ValueError, match="forced: step_tokens and eligible"):
+        sudoku.forced(tokens, eligible.long())
+
+
 def test_constraints_refuse_a_canvas_that_is_not_a_grid():
     with pytest.raises(ValueError, match="constraints: canvas and proposals must both be"):
         sudoku.constraints(torch.zeros(2, 80, dtype=torch.long), torch.zeros(2, 80, dtype=torch.long))

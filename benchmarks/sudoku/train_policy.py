@@ -120,6 +120,9 @@ def main(argv=None):
     ap.add_argument("--sup-explore", type=float, default=0.5, help="--init correct: rollout exploration")
     ap.add_argument("--sup-lr", type=float, default=1e-3, help="--init correct: peak learning rate")
     ap.add_argument("--sup-batch", type=int, default=128, help="--init correct: states per update")
+    ap.add_argument("--prefer-forced", action="store_true",
+                    help="--init correct: rank forced proposals (naked or hidden singles) first among the right "
+                         "ones (a training label; the policy still reads no task feature)")
     ap.add_argument("--warm-lr", type=float, default=3e-3, help="learning rate of the confidence warm start")
     ap.add_argument("--copies", type=int, default=10, help="random symmetries of each training puzzle")
     ap.add_argument("--dev-puzzles", type=int, default=0, help="development puzzles for model selection")
@@ -186,7 +189,8 @@ def main(argv=None):
         sup = supervised(policy, model, puzzles, solutions, rounds=args.sup_rounds, epochs=args.sup_epochs,
                          explore=args.sup_explore, seed=args.seed, infill=True, steps=args.steps,
                          lr=args.sup_lr, batch_size=args.sup_batch,
-                         mask_id=sudoku.MASK_TOKEN, log=sup_log)
+                         mask_id=sudoku.MASK_TOKEN, log=sup_log,
+                         preferred=sudoku.forced if args.prefer_forced else None)
 
     held_p, held_s = sudoku.heldout_puzzles(args.eval_puzzles)
 

@@ -468,6 +468,21 @@ def constraints(canvas: torch.Tensor, proposals: torch.Tensor) -> dict[str, torc
                 peers_same=peers_same.round().to(torch.int64))
 
 
+def forced(step_tokens: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """bool ``[B, 81]``: the eligible cells whose proposal is a naked or hidden
+    single on the canvas, from a step's tokens (the proposal at ``eligible``
+    cells, the committed digit elsewhere; :meth:`LearnedPolicy.step_tokens`).
+    The ``preferred`` signal of :func:`dmkernels.train.supervised` for Sudoku:
+    a training label that teaches a generic policy to commit forced cells
+    first; the policy itself reads none of it."""
+    if step_tokens.shape != eligible.shape or eligible.dtype != torch.bool:
+        raise ValueError(f"dmkernels.tasks.sudoku.forced: step_tokens and eligible (bool) must have one shape, got "
+                         f"{list(step_tokens.shape)} and {eligible.dtype} {list(eligible.shape)}")
+    canvas = torch.where(eligible, torch.full_like(step_tokens, MASK_TOKEN), step_tokens)
+    c = constraints(canvas, step_tokens)
+    return (c["naked_single"] | c["hidden_single"]) & eligible
+
+
 def _check_block(op: str, ctx) -> None:
     if ctx.x.shape[-1] != NUM_CELLS:
         raise ValueError(f"dmkernels.tasks.sudoku.{op}: the step's block has {ctx.x.shape[-1]} positions; Sudoku "
