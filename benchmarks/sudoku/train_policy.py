@@ -29,7 +29,10 @@ rollouts, learning "the proposed digit is the solution's" on the states where
 every commit so far was right); ``random`` skips it. ``--trainer none`` stops
 after the warm start. With ``--resume``, ``--init correct`` runs more supervised
 rounds from the resumed policy (its own rollouts, as DAgger); other ``--init``
-values are skipped.
+values are skipped. ``--prefer-forced`` passes :func:`dmkernels.tasks.sudoku.forced`
+as the supervised ``preferred`` label: among right proposals, rank the naked and
+hidden singles first (a training label only: the policy still reads no task
+feature).
 
 Model selection uses a development set with its own seed
 (:func:`dmkernels.tasks.sudoku.dev_puzzles`, ``DEV_SEED``), never the held-out
@@ -264,7 +267,9 @@ def main(argv=None):
     meta = dict(command=" ".join(sys.argv), args=vars(args), wall_seconds=round(time.time() - t0),
                 cpu_seconds=round(time.process_time() - cpu0), torch=torch.__version__,
                 heldout_before=before, heldout_after=after, low_confidence=ref,
-                kept_iteration=best["iteration"], dev_solve_rate=best["dev"] if dev_p is not None else None)
+                kept_iteration=best["iteration"], dev_solve_rate=best["dev"] if dev_p is not None else None,
+                # What was trained: with --resume, the scorer flags in args are the parser's defaults.
+                scorer=dict(getattr(policy.scorer, "config", {}), features=list(policy.features)))
     if history:
         meta.update(reward_first10=sum(h["reward"] for h in history[:10]) / min(10, len(history)),
                     reward_last10=sum(h["reward"] for h in history[-10:]) / min(10, len(history)))
