@@ -37,6 +37,7 @@ from typing import Callable
 
 import torch
 
+from . import _checks as check
 from .policies.learned import LearnedPolicy, Trajectory, run_scorer, set_log_prob
 from .sampler import _generate_sampler, _infill_sampler, _signature_check, generate, infill as infill_fn
 
@@ -232,17 +233,12 @@ def _correctness_loss(scores, right, eligible, preferred=None):
 
 
 def _preferred(fn, tokens, eligible):
-    """``fn(tokens, eligible)``, checked: bool, the states' shape and device; None without ``fn``."""
+    """``fn(tokens, eligible)``, checked: bool, the states' shape and device; None without ``fn``.
+    (Marks off eligible positions do no harm: the loss only reads right eligible ones.)"""
     if fn is None:
         return None
-    out = fn(tokens, eligible)
-    if (not isinstance(out, torch.Tensor) or out.dtype != torch.bool or out.shape != eligible.shape
-            or out.device != eligible.device):
-        got = (f"{type(out).__name__}" if not isinstance(out, torch.Tensor)
-               else f"{out.dtype} {list(out.shape)} on {out.device}")
-        raise ValueError(f"dmkernels.train.supervised: preferred must return a bool tensor shaped like its "
-                         f"arguments ({list(eligible.shape)} on {eligible.device}), got {got}")
-    return out & eligible
+    return check.like("train.supervised", "what preferred returned", fn(tokens, eligible), eligible, "eligible",
+                      (torch.bool,), eligible.shape, "eligible's")
 
 
 def supervised(policy: LearnedPolicy, model, prompts: torch.Tensor, targets: torch.Tensor, *, rounds: int = 2,

@@ -366,9 +366,12 @@ def test_supervised_with_preferred_checks_what_it_returns():
     history = supervised(policy, OrderToy(), toy_canvas(4), toy_answers(4), rounds=1, epochs=2, batch_size=8,
                          lr=1e-2, explore=1.0, infill=True, steps=W, mask_id=MASK, preferred=first_position)
     assert len(history) == 2 and seen and all(s[1] == W for s in seen)
-    with pytest.raises(ValueError, match="supervised: preferred must return a bool tensor"):
+    with pytest.raises(TypeError, match=r"supervised: what preferred returned must be one of \(bool\), got float32"):
         supervised(policy, OrderToy(), toy_canvas(2), toy_answers(2), rounds=1, epochs=1, infill=True, steps=W,
                    mask_id=MASK, preferred=lambda t, e: e.float())
+    with pytest.raises(ValueError, match=r"supervised: what preferred returned must have shape \[\d+, 8\]"):
+        supervised(policy, OrderToy(), toy_canvas(2), toy_answers(2), rounds=1, epochs=1, infill=True, steps=W,
+                   mask_id=MASK, preferred=lambda t, e: e[:, :-1])
     with pytest.raises(TypeError, match="supervised: preferred must be a callable"):
         supervised(policy, OrderToy(), toy_canvas(2), toy_answers(2), rounds=1, epochs=1, infill=True, steps=W,
                    mask_id=MASK, preferred=True)

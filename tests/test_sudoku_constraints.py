@@ -98,8 +98,10 @@ def test_forced_reads_the_canvas_from_the_step_tokens():
     want = (c["naked_single"] | c["hidden_single"]) & eligible
     got = sudoku.forced(tokens, eligible)
     assert got.dtype == torch.bool and torch.equal(got, want) and want.any() and not want.all()
-    with pytest.raises(ValueError, match="forced: step_tokens and eligible"):
+    with pytest.raises(TypeError, match=r"forced: eligible must be one of \(bool\), got int64"):
         sudoku.forced(tokens, eligible.long())
+    with pytest.raises(ValueError, match=r"forced: eligible must have shape \[6, 81\]"):
+        sudoku.forced(tokens, eligible[:, :80])
 
 
 def test_constraints_refuse_a_canvas_that_is_not_a_grid():

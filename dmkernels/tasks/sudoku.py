@@ -475,9 +475,8 @@ def forced(step_tokens: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
     The ``preferred`` signal of :func:`dmkernels.train.supervised` for Sudoku:
     a training label that teaches a generic policy to commit forced cells
     first; the policy itself reads none of it."""
-    if step_tokens.shape != eligible.shape or eligible.dtype != torch.bool:
-        raise ValueError(f"dmkernels.tasks.sudoku.forced: step_tokens and eligible (bool) must have one shape, got "
-                         f"{list(step_tokens.shape)} and {eligible.dtype} {list(eligible.shape)}")
+    check.eligible("tasks.sudoku.forced", eligible, check.tensor("tasks.sudoku.forced", "step_tokens", step_tokens),
+                   "step_tokens")
     canvas = torch.where(eligible, torch.full_like(step_tokens, MASK_TOKEN), step_tokens)
     c = constraints(canvas, step_tokens)
     return (c["naked_single"] | c["hidden_single"]) & eligible
